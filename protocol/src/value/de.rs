@@ -1,0 +1,336 @@
+//! `serde::Deserializer` for [`Value`], so a reply converts straight into the caller's type.
+
+use std::fmt;
+
+use serde::de::value::{SeqDeserializer, StringDeserializer};
+use serde::de::{
+    self, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, Unexpected, VariantAccess,
+    Visitor,
+};
+use serde::forward_to_deserialize_any;
+
+use super::Value;
+
+/// A [`Value`] did not fit the Rust type it was converted into.
+///
+/// The message names both sides, e.g. `invalid type: string "abc", expected i64`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromValueError(String);
+
+impl fmt::Display for FromValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FromValueError {}
+
+impl de::Error for FromValueError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        FromValueError(msg.to_string())
+    }
+}
+
+impl Value {
+    fn unexpected(&self) -> Unexpected<'_> {
+        match self {
+            Value::None => Unexpected::Option,
+            Value::Bool(b) => Unexpected::Bool(*b),
+            Value::Int(i) => Unexpected::Signed(*i),
+            Value::BigInt(_) => Unexpected::Other("integer out of range"),
+            Value::Float(x) => Unexpected::Float(*x),
+            Value::Complex { .. } => Unexpected::Other("complex number"),
+            Value::Str(s) => Unexpected::Str(s),
+            Value::Bytes(b) => Unexpected::Bytes(b),
+            Value::Tuple(_) => Unexpected::Other("tuple"),
+            Value::List(_) => Unexpected::Seq,
+            Value::Dict(_) => Unexpected::Map,
+            Value::Set(_) => Unexpected::Other("set"),
+            Value::FrozenSet(_) => Unexpected::Other("frozenset"),
+            Value::Ref(_) => Unexpected::Other("remote object reference"),
+        }
+    }
+}
+
+fn visit_seq<'de, V: Visitor<'de>>(
+    items: Vec<Value>,
+    visitor: V,
+) -> Result<V::Value, FromValueError> {
+    let mut seq = SeqDeserializer::new(items.into_iter());
+    let out = visitor.visit_seq(&mut seq)?;
+    seq.end()?;
+    Ok(out)
+}
+
+impl<'de> IntoDeserializer<'de, FromValueError> for Value {
+    type Deserializer = Value;
+    fn into_deserializer(self) -> Value {
+        self
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Value {
+    type Error = FromValueError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FromValueError> {
+        match self {
+            Value::None => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(b),
+            Value::Int(i) => visitor.visit_i64(i),
+            Value::BigInt(ref s) => {
+                if let Ok(i) = s.parse::<i128>() {
+                    visitor.visit_i128(i)
+                } else if let Ok(u) = s.parse::<u128>() {
+                    visitor.visit_u128(u)
+                } else {
+                    Err(de::Error::invalid_type(self.unexpected(), &visitor))
+                }
+            }
+            Value::Float(x) => visitor.visit_f64(x),
+            Value::Complex { re, im } => visit_seq(vec![Value::Float(re), Value::Float(im)], visitor),
+            Value::Str(s) => visitor.visit_string(s),
+            Value::Bytes(b) => visitor.visit_byte_buf(b),
+            Value::Tuple(items)
+            | Value::List(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => visit_seq(items, visitor),
+            Value::Dict(entries) => {
+                let mut map = DictAccess {
+                    entries: entries.into_iter(),
+                    value: None,
+                };
+                let out = visitor.visit_map(&mut map)?;
+                match map.entries.len() {
+                    0 => Ok(out),
+                    n => Err(de::Error::invalid_length(n, &"fewer entries")),
+                }
+            }
+            Value::Ref(ref r) => Err(de::Error::invalid_type(
+                Unexpected::Other(&format!("remote object reference of type {}", r.type_name)),
+                &visitor,
+            )),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FromValueError> {
+        match self {
+            Value::None => visitor.visit_none(),
+            other => visitor.visit_some(other),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        match self {
+            // A unit variant is a string; a variant with data is a one-entry dict
+            // `{"Variant": data}` (serde's externally tagged form).
+            Value::Str(s) => visitor.visit_enum(s.into_deserializer()),
+            Value::Dict(mut entries) if entries.len() == 1 => {
+                let (key, value) = entries.remove(0);
+                match key {
+                    Value::Str(variant) => visitor.visit_enum(EnumValue { variant, value }),
+                    other => Err(de::Error::invalid_type(other.unexpected(), &"variant name")),
+                }
+            }
+            other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FromValueError> {
+        match self {
+            Value::None => visitor.visit_unit(),
+            other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+        }
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+struct DictAccess {
+    entries: std::vec::IntoIter<(Value, Value)>,
+    value: Option<Value>,
+}
+
+impl<'de> MapAccess<'de> for DictAccess {
+    type Error = FromValueError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, FromValueError> {
+        match self.entries.next() {
+            Some((k, v)) => {
+                self.value = Some(v);
+                seed.deserialize(k).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, FromValueError> {
+        match self.value.take() {
+            Some(v) => seed.deserialize(v),
+            None => Err(de::Error::custom("dict value requested before its key")),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.entries.len())
+    }
+}
+
+struct EnumValue {
+    variant: String,
+    value: Value,
+}
+
+impl<'de> EnumAccess<'de> for EnumValue {
+    type Error = FromValueError;
+    type Variant = Value;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Value), FromValueError> {
+        let de: StringDeserializer<FromValueError> = self.variant.into_deserializer();
+        Ok((seed.deserialize(de)?, self.value))
+    }
+}
+
+impl<'de> VariantAccess<'de> for Value {
+    type Error = FromValueError;
+
+    fn unit_variant(self) -> Result<(), FromValueError> {
+        match self {
+            Value::None => Ok(()),
+            other => Err(de::Error::invalid_type(other.unexpected(), &"unit variant")),
+        }
+    }
+
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, FromValueError> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+    use crate::{NetRef, NetRefId};
+
+    #[test]
+    fn converts_scalars_and_containers() {
+        assert_eq!(Value::Int(2).deserialize_into::<i64>(), Ok(2));
+        assert_eq!(Value::Int(2).deserialize_into::<f64>(), Ok(2.0));
+        assert_eq!(
+            Value::BigInt("170141183460469231731687303715884105727".into())
+                .deserialize_into::<i128>(),
+            Ok(i128::MAX)
+        );
+        assert_eq!(
+            Value::Tuple(vec![Value::Int(1), Value::Str("a".into())])
+                .deserialize_into::<(u8, String)>(),
+            Ok((1, "a".to_owned()))
+        );
+        let dict = Value::Dict(vec![(Value::Str("Foo".into()), Value::Int(3))]);
+        let map: HashMap<String, i64> = dict.deserialize_into().expect("dict");
+        assert_eq!(map["Foo"], 3);
+        let set = Value::Set(vec![Value::Int(2), Value::Int(1)]);
+        assert_eq!(
+            set.deserialize_into::<BTreeSet<i32>>(),
+            Ok(BTreeSet::from([1, 2]))
+        );
+        assert_eq!(Value::None.deserialize_into::<Option<i32>>(), Ok(None));
+        assert_eq!(Value::Int(5).deserialize_into::<Option<i32>>(), Ok(Some(5)));
+        assert_eq!(
+            Value::Bytes(b"ab".to_vec()).deserialize_into::<serde_bytes::ByteBuf>(),
+            Ok(serde_bytes::ByteBuf::from(b"ab".to_vec()))
+        );
+        assert_eq!(
+            Value::Complex { re: 1.0, im: -2.0 }.deserialize_into::<(f64, f64)>(),
+            Ok((1.0, -2.0))
+        );
+    }
+
+    #[test]
+    fn errors_name_both_types() {
+        let err = Value::Str("abc".into())
+            .deserialize_into::<i64>()
+            .expect_err("str is not i64");
+        assert_eq!(err.to_string(), "invalid type: string \"abc\", expected i64");
+        let err = Value::Int(300).deserialize_into::<u8>().expect_err("range");
+        assert!(err.to_string().contains("300"), "{err}");
+        let r = Value::Ref(NetRef {
+            id: NetRefId(1),
+            type_name: "socket.socket".into(),
+        });
+        let err = r.deserialize_into::<String>().expect_err("ref");
+        assert!(err.to_string().contains("socket.socket"), "{err}");
+        assert!(err.to_string().contains("expected a string"), "{err}");
+    }
+
+    #[test]
+    fn converts_structs_and_enums() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Point {
+            x: i32,
+            y: i32,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        enum Shape {
+            Empty,
+            Dot(Point),
+        }
+        let p = Value::Dict(vec![
+            (Value::Str("x".into()), Value::Int(1)),
+            (Value::Str("y".into()), Value::Int(2)),
+        ]);
+        assert_eq!(p.clone().deserialize_into::<Point>(), Ok(Point { x: 1, y: 2 }));
+        assert_eq!(
+            Value::Str("Empty".into()).deserialize_into::<Shape>(),
+            Ok(Shape::Empty)
+        );
+        assert_eq!(
+            Value::Dict(vec![(Value::Str("Dot".into()), p)]).deserialize_into::<Shape>(),
+            Ok(Shape::Dot(Point { x: 1, y: 2 }))
+        );
+    }
+}
