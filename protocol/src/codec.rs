@@ -102,3 +102,14 @@ pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
     }
     Ok(message)
 }
+
+/// The request id of a payload that starts like a [`Message::Request`], even if the rest of it
+/// is malformed, so the error reply can name the request.
+pub fn peek_request_id(payload: &[u8]) -> Option<crate::RequestId> {
+    // Bincode writes the variant index, then the id; `Request` is variant 1 (see the round-trip
+    // test that pins this).
+    const REQUEST_VARIANT: u32 = 1;
+    let ((variant, id), _): ((u32, u64), usize) =
+        bincode::serde::decode_from_slice(payload, config()).ok()?;
+    (variant == REQUEST_VARIANT).then_some(crate::RequestId(id))
+}

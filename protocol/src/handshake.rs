@@ -9,8 +9,8 @@
 //! The first magic byte is `0xF0`, which never starts a stock RPyC frame (those begin with a
 //! big-endian length well below 4 GiB), so one port can tell the two protocols apart.
 
-use crate::error::ProtocolError;
 use crate::PROTOCOL_VERSION;
+use crate::error::ProtocolError;
 
 /// Magic bytes that open every connection.
 pub const MAGIC: [u8; 6] = *b"\xF0RPYRS";

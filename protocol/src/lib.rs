@@ -10,10 +10,10 @@
 //! - [`message`]: [`Message`], [`Op`], [`RequestId`], [`ServerError`], [`ReturnMode`].
 //! - [`value`]: [`Value`] and its conversions (`From` for arguments, serde for results).
 //! - [`netref`]: [`NetRefId`], [`NetRef`].
-//! - [`exception`]: [`RemoteException`].
+//! - [`exception`][]: [`RemoteException`].
 //! - [`handshake`]: the greeting, magic and version check.
 //! - [`codec`]: framing and encoding.
-//! - [`error`]: [`ProtocolError`].
+//! - [`error`][]: [`ProtocolError`].
 //!
 //! # Example
 //! ```

@@ -103,7 +103,12 @@ impl Value {
 impl fmt::Display for Value {
     /// Formats the value roughly as Python's `repr` would.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn seq(f: &mut fmt::Formatter<'_>, open: &str, items: &[Value], close: &str) -> fmt::Result {
+        fn seq(
+            f: &mut fmt::Formatter<'_>,
+            open: &str,
+            items: &[Value],
+            close: &str,
+        ) -> fmt::Result {
             f.write_str(open)?;
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {

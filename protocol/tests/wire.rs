@@ -40,7 +40,9 @@ fn every_op() -> Vec<Op> {
         keyword: vec![("sep".into(), Value::Str("/".into()))],
     };
     vec![
-        Op::Execute { code: "x = 1".into() },
+        Op::Execute {
+            code: "x = 1".into(),
+        },
         Op::Eval {
             expr: "x".into(),
             mode: ReturnMode::Auto,
@@ -181,6 +183,22 @@ fn every_message_round_trips() -> Result<(), ProtocolError> {
 }
 
 #[test]
+fn request_id_is_found_in_a_damaged_request() -> Result<(), ProtocolError> {
+    let payload = codec::encode(&Message::Request {
+        id: RequestId(4242),
+        op: Op::Namespace,
+    })?;
+    assert_eq!(codec::peek_request_id(&payload), Some(RequestId(4242)));
+    let mut damaged = payload[..payload.len() - 1].to_vec();
+    damaged.push(200);
+    assert!(codec::decode(&damaged).is_err());
+    assert_eq!(codec::peek_request_id(&damaged), Some(RequestId(4242)));
+    let pong = codec::encode(&Message::Pong { id: RequestId(1) })?;
+    assert_eq!(codec::peek_request_id(&pong), None);
+    Ok(())
+}
+
+#[test]
 fn bad_payloads_are_errors_not_panics() -> Result<(), ProtocolError> {
     let payload = codec::encode(&Message::Ping { id: RequestId(5) })?;
     let mut trailing = payload.to_vec();
@@ -199,7 +217,10 @@ fn bad_payloads_are_errors_not_panics() -> Result<(), ProtocolError> {
     for message in every_message() {
         let payload = codec::encode(&message)?;
         for cut in 0..payload.len() {
-            assert!(codec::decode(&payload[..cut]).is_err(), "{message:?} cut at {cut}");
+            assert!(
+                codec::decode(&payload[..cut]).is_err(),
+                "{message:?} cut at {cut}"
+            );
         }
     }
     Ok(())
@@ -255,6 +276,9 @@ async fn eof_in_the_middle_of_a_frame_is_an_error() -> Result<(), Box<dyn std::e
     drop(client);
     let mut frames = FramedRead::new(server, codec::framing(1024));
     let got = frames.next().await.ok_or("no item")?;
-    assert!(got.is_err(), "truncated frame must be an error, got {got:?}");
+    assert!(
+        got.is_err(),
+        "truncated frame must be an error, got {got:?}"
+    );
     Ok(())
 }

@@ -78,16 +78,21 @@ impl<'de> de::Deserializer<'de> for Value {
             Value::Bool(b) => visitor.visit_bool(b),
             Value::Int(i) => visitor.visit_i64(i),
             Value::BigInt(ref s) => {
-                if let Ok(i) = s.parse::<i128>() {
-                    visitor.visit_i128(i)
+                // Non-negative values go as u128 so that unsigned targets accept them.
+                if let Ok(u) = s.parse::<u64>() {
+                    visitor.visit_u64(u)
                 } else if let Ok(u) = s.parse::<u128>() {
                     visitor.visit_u128(u)
+                } else if let Ok(i) = s.parse::<i128>() {
+                    visitor.visit_i128(i)
                 } else {
                     Err(de::Error::invalid_type(self.unexpected(), &visitor))
                 }
             }
             Value::Float(x) => visitor.visit_f64(x),
-            Value::Complex { re, im } => visit_seq(vec![Value::Float(re), Value::Float(im)], visitor),
+            Value::Complex { re, im } => {
+                visit_seq(vec![Value::Float(re), Value::Float(im)], visitor)
+            }
             Value::Str(s) => visitor.visit_string(s),
             Value::Bytes(b) => visitor.visit_byte_buf(b),
             Value::Tuple(items)
@@ -129,10 +134,15 @@ impl<'de> de::Deserializer<'de> for Value {
 
     fn deserialize_enum<V: Visitor<'de>>(
         self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
+        name: &'static str,
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, FromValueError> {
+        // Asking for a `Value` itself (`eval::<Value>`, `HashMap<String, Value>`, …) hands the
+        // value over unchanged.
+        if name == "Value" && variants == VALUE_VARIANTS {
+            return visitor.visit_enum(Identity(self));
+        }
         match self {
             // A unit variant is a string; a variant with data is a one-entry dict
             // `{"Variant": data}` (serde's externally tagged form).
@@ -158,6 +168,106 @@ impl<'de> de::Deserializer<'de> for Value {
     forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// The variant names of [`Value`], as serde's derive lists them.
+const VALUE_VARIANTS: &[&str] = &[
+    "None",
+    "Bool",
+    "Int",
+    "BigInt",
+    "Float",
+    "Complex",
+    "Str",
+    "Bytes",
+    "Tuple",
+    "List",
+    "Dict",
+    "Set",
+    "FrozenSet",
+    "Ref",
+];
+
+/// Deserializes a [`Value`] as itself, through the derived `Deserialize` of `Value`.
+struct Identity(Value);
+
+impl<'de> EnumAccess<'de> for Identity {
+    type Error = FromValueError;
+    type Variant = Identity;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Identity), FromValueError> {
+        let index = match &self.0 {
+            Value::None => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::BigInt(_) => 3,
+            Value::Float(_) => 4,
+            Value::Complex { .. } => 5,
+            Value::Str(_) => 6,
+            Value::Bytes(_) => 7,
+            Value::Tuple(_) => 8,
+            Value::List(_) => 9,
+            Value::Dict(_) => 10,
+            Value::Set(_) => 11,
+            Value::FrozenSet(_) => 12,
+            Value::Ref(_) => 13,
+        };
+        let name: StringDeserializer<FromValueError> =
+            VALUE_VARIANTS[index].to_owned().into_deserializer();
+        Ok((seed.deserialize(name)?, self))
+    }
+}
+
+impl<'de> VariantAccess<'de> for Identity {
+    type Error = FromValueError;
+
+    fn unit_variant(self) -> Result<(), FromValueError> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, FromValueError> {
+        // The payload of each variant, in a shape its field type deserializes from.
+        let content = match self.0 {
+            Value::BigInt(s) => Value::Str(s),
+            Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => Value::List(items),
+            Value::Dict(entries) => Value::List(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| Value::Tuple(vec![k, v]))
+                    .collect(),
+            ),
+            Value::Ref(r) => Value::Tuple(vec![Value::from(r.id.0), Value::Str(r.type_name)]),
+            other => other,
+        };
+        seed.deserialize(content)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        de::Deserializer::deserialize_any(self.0, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, FromValueError> {
+        match self.0 {
+            Value::Complex { re, im } => {
+                visit_seq(vec![Value::Float(re), Value::Float(im)], visitor)
+            }
+            other => de::Deserializer::deserialize_any(other, visitor),
+        }
     }
 }
 
@@ -291,11 +401,40 @@ mod tests {
     }
 
     #[test]
+    fn a_value_deserializes_into_itself() {
+        let all = Value::List(vec![
+            Value::None,
+            Value::Bool(false),
+            Value::Int(-3),
+            Value::BigInt("123456789012345678901234567890".into()),
+            Value::Float(0.5),
+            Value::Complex { re: 1.0, im: 2.0 },
+            Value::Str("s".into()),
+            Value::Bytes(vec![1, 2]),
+            Value::Tuple(vec![Value::Int(1)]),
+            Value::Dict(vec![(Value::Str("k".into()), Value::List(vec![]))]),
+            Value::Set(vec![Value::Int(2)]),
+            Value::FrozenSet(vec![Value::Int(3)]),
+            Value::Ref(NetRef {
+                id: NetRefId(u64::MAX),
+                type_name: "builtins.object".into(),
+            }),
+        ]);
+        assert_eq!(all.clone().deserialize_into::<Value>(), Ok(all.clone()));
+        let map = Value::Dict(vec![(Value::Str("v".into()), all.clone())]);
+        let got: HashMap<String, Value> = map.deserialize_into().expect("map of values");
+        assert_eq!(got["v"], all);
+    }
+
+    #[test]
     fn errors_name_both_types() {
         let err = Value::Str("abc".into())
             .deserialize_into::<i64>()
             .expect_err("str is not i64");
-        assert_eq!(err.to_string(), "invalid type: string \"abc\", expected i64");
+        assert_eq!(
+            err.to_string(),
+            "invalid type: string \"abc\", expected i64"
+        );
         let err = Value::Int(300).deserialize_into::<u8>().expect_err("range");
         assert!(err.to_string().contains("300"), "{err}");
         let r = Value::Ref(NetRef {
@@ -323,7 +462,10 @@ mod tests {
             (Value::Str("x".into()), Value::Int(1)),
             (Value::Str("y".into()), Value::Int(2)),
         ]);
-        assert_eq!(p.clone().deserialize_into::<Point>(), Ok(Point { x: 1, y: 2 }));
+        assert_eq!(
+            p.clone().deserialize_into::<Point>(),
+            Ok(Point { x: 1, y: 2 })
+        );
         assert_eq!(
             Value::Str("Empty".into()).deserialize_into::<Shape>(),
             Ok(Shape::Empty)

@@ -1,0 +1,71 @@
+//! Many clients, and many tasks sharing one connection.
+
+use std::time::{Duration, Instant};
+
+use rpyc_integration_tests::TestServer;
+
+use crate::support::connect;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_connections_make_500_calls_each() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let mut tasks = Vec::new();
+    for c in 0..8i64 {
+        let conn = connect(&server).await?;
+        tasks.push(tokio::spawn(async move {
+            conn.execute(&format!("me = {c}")).await?;
+            for i in 0..500i64 {
+                let (who, n): (i64, i64) = conn.eval(&format!("(me, {i} * 3)")).await?;
+                assert_eq!((who, n), (c, i * 3), "answer for another call");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// One connection handle cloned into many tasks: calls are in flight together over one socket
+/// and every reply reaches its own caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_connection_shared_by_many_tasks() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    let mut tasks = Vec::new();
+    for t in 0..16i64 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100i64 {
+                let v: i64 = conn.eval(&format!("{t} * 1000 + {i}")).await?;
+                assert_eq!(v, t * 1000 + i);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_does_not_block_other_connections() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let slow = connect(&server).await?;
+    let sleeping = tokio::spawn(async move { slow.execute("import time\ntime.sleep(2)").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = connect(&server).await?;
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(fast.eval::<i64>("1+1").await?, 2);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    sleeping.await??;
+    Ok(())
+}

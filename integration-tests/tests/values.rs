@@ -1,0 +1,162 @@
+//! Values both ways, by reference versus by value, and per-connection namespaces.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rpyc_client::Value;
+use rpyc_integration_tests::TestServer;
+use serde_bytes::ByteBuf;
+
+use crate::support::connect;
+
+#[tokio::test]
+async fn every_value_type_travels_both_ways() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    let ns = conn.namespace().await?;
+    let cases: Vec<(Value, &str)> = vec![
+        (Value::None, "NoneType"),
+        (Value::Bool(true), "bool"),
+        (Value::Int(-42), "int"),
+        (Value::Int(i64::MAX), "int"),
+        (
+            Value::BigInt("123456789012345678901234567890".into()),
+            "int",
+        ),
+        (Value::BigInt("-98765432109876543210".into()), "int"),
+        (Value::Float(2.5), "float"),
+        (Value::Complex { re: 1.0, im: -2.0 }, "complex"),
+        (Value::Str("héllo ✓".into()), "str"),
+        (Value::Bytes(vec![0, 1, 255]), "bytes"),
+        (
+            Value::Tuple(vec![Value::Int(1), Value::Str("a".into())]),
+            "tuple",
+        ),
+        (
+            Value::List(vec![Value::Int(1), Value::List(vec![])]),
+            "list",
+        ),
+        (
+            Value::Dict(vec![
+                (Value::Str("k".into()), Value::Int(1)),
+                (Value::Int(2), Value::None),
+            ]),
+            "dict",
+        ),
+        (Value::Set(vec![Value::Int(3)]), "set"),
+        (Value::FrozenSet(vec![Value::Str("x".into())]), "frozenset"),
+    ];
+    for (value, py_type) in cases {
+        ns.setitem("v", value.clone()).await?;
+        let got_type: String = conn.eval("type(v).__name__").await?;
+        assert_eq!(got_type, py_type, "for {value}");
+        let back = conn.eval_value("v").await?;
+        assert_eq!(back, value, "round trip of {py_type}");
+        // The same value through a call argument and a by-value return.
+        let identity = conn.eval_object("lambda x: x").await?;
+        let back = identity.call_as::<Value>((value.clone(),)).await?;
+        assert_eq!(back, value, "call round trip of {py_type}");
+    }
+    let big: String = conn.eval("str(2**100)").await?;
+    assert_eq!(conn.eval_value("2**100").await?, Value::BigInt(big));
+    let n: i128 = conn.eval("-2**70").await?;
+    assert_eq!(n, -(1i128 << 70));
+    Ok(())
+}
+
+#[tokio::test]
+async fn typed_eval_through_serde() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    assert_eq!(conn.eval::<i64>("1+1").await?, 2);
+    assert_eq!(conn.eval::<f64>("3/2").await?, 1.5);
+    assert_eq!(conn.eval::<String>("'ab' * 2").await?, "abab");
+    assert_eq!(conn.eval::<Option<i32>>("None").await?, None);
+    assert_eq!(conn.eval::<Vec<u8>>("[1, 2, 3]").await?, vec![1, 2, 3]);
+    assert_eq!(conn.eval::<ByteBuf>("b'xyz'").await?.into_vec(), b"xyz");
+    assert_eq!(
+        conn.eval::<(i32, String, bool)>("(1, 'a', True)").await?,
+        (1, "a".to_owned(), true)
+    );
+    assert_eq!(
+        conn.eval::<BTreeSet<i32>>("{3, 1, 2}").await?,
+        BTreeSet::from([1, 2, 3])
+    );
+    let m: HashMap<String, Vec<i64>> = conn.eval("{'a': [1], 'b': []}").await?;
+    assert_eq!(m["a"], vec![1]);
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i32,
+        y: i32,
+    }
+    let p: Point = conn.eval("dict(x=1, y=2)").await?;
+    assert_eq!(p, Point { x: 1, y: 2 });
+
+    let err = conn.eval::<i64>("'abc'").await.expect_err("str is not i64");
+    let text = err.to_string();
+    assert!(
+        text.contains("string \"abc\"") && text.contains("i64"),
+        "{text}"
+    );
+    let err = conn.eval::<u8>("300").await.expect_err("out of range");
+    assert!(err.to_string().contains("300"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn by_reference_changes_the_remote_object_by_value_copies_it() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    conn.execute("scores = {'Foo': 12, 'Bar': 30}").await?;
+    // By value: a copy; changing it leaves the remote dict alone.
+    let mut copy: BTreeMap<String, i64> = conn.eval("scores").await?;
+    copy.insert("Bar".into(), 0);
+    assert_eq!(conn.eval::<i64>("scores['Bar']").await?, 30);
+    // By reference: `namespace["scores"]["Bar"] += 58` changes the remote dict.
+    let ns = conn.namespace().await?;
+    let scores = ns.getitem("scores").await?;
+    assert_eq!(scores.type_name(), "builtins.dict");
+    let bar: i64 = scores.getitem_as("Bar").await?;
+    scores.setitem("Bar", bar + 58).await?;
+    assert_eq!(conn.eval::<i64>("scores['Bar']").await?, 88);
+    // obtain of a reference is a deep copy.
+    let obtained: BTreeMap<String, i64> = scores.get().await?;
+    assert_eq!(obtained["Bar"], 88);
+    // Copying something that has no by-value form names the type and where it was found.
+    conn.execute("import threading\nholder = {'ok': 1, 'lock': threading.Lock()}")
+        .await?;
+    let err = conn
+        .eval::<Value>("holder")
+        .await
+        .expect_err("a lock cannot be copied");
+    let text = err.to_string();
+    assert!(
+        text.contains("_thread.lock") && text.contains("'lock'"),
+        "{text}"
+    );
+    let lock = conn.eval_object("holder['lock']").await?;
+    assert_eq!(lock.type_name(), "_thread.lock");
+    Ok(())
+}
+
+#[tokio::test]
+async fn variables_persist_per_connection_and_are_isolated() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let a = connect(&server).await?;
+    let b = connect(&server).await?;
+    a.execute("x = 1").await?;
+    a.execute("x += 41").await?;
+    assert_eq!(a.eval::<i64>("x").await?, 42);
+    let err = b.eval::<i64>("x").await.expect_err("b has no x");
+    assert_eq!(
+        err.remote_exception().map(|e| e.type_name.as_str()),
+        Some("NameError")
+    );
+    b.execute("x = 'b'").await?;
+    assert_eq!(a.eval::<i64>("x").await?, 42);
+    assert_eq!(b.eval::<String>("x").await?, "b");
+    // A function defined in one call sees the namespace in later calls.
+    a.execute("def add(y):\n    return x + y").await?;
+    assert_eq!(a.eval::<i64>("add(8)").await?, 50);
+    assert_eq!(a.eval::<String>("__name__").await?, "__main__");
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Errors of one connection. They are logged and end that connection only.
+
+use rpyc_protocol::ProtocolError;
+
+/// Why a connection ended abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The client did not greet in time.
+    #[error("no greeting from the client within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    /// The greeting was not ours, or of another version.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] ProtocolError),
+    /// Reading or writing the socket failed (including a length prefix above the frame limit).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The connection's Python thread could not be started.
+    #[error("cannot start the connection's Python thread: {0}")]
+    Worker(#[source] std::io::Error),
+}
