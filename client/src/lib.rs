@@ -85,3 +85,8 @@ pub use rpyc_protocol::{
     CompareOp, DEFAULT_PORT, FromValueError, NetRef, NetRefId, Op, ProtocolError, RemoteException,
     ReturnMode, ServerError, ServerInfo, Value,
 };
+
+/// The README's code blocks, compiled as doctests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
