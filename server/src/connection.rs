@@ -2,19 +2,19 @@
 //!
 //! The reader handles `Ping`, `Cancel` and `Release` itself, so a ping is answered and a
 //! cancel takes effect while Python is busy; requests go to the connection's
-//! [`Worker`](crate::python::Worker), whose replies reach the writer through a channel. The
-//! writer batches whatever is queued into one write.
+//! [`Worker`](crate::python::Worker), which writes each reply itself through the
+//! [`Outbox`](outbox::Outbox).
+
+mod outbox;
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use rpyc_protocol::handshake::{GREETING_LEN, check_greeting, greeting};
-use rpyc_protocol::{Message, ProtocolError, RequestId, ServerError, ServerInfo, Value, codec};
+use rpyc_protocol::{Message, ProtocolError, ServerError, ServerInfo, codec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -22,16 +22,7 @@ use tracing::{debug, warn};
 use crate::config::ServerConfig;
 use crate::error::ConnectionError;
 use crate::python::Worker;
-
-/// Write buffers above this size are not kept between writes.
-const KEEP_BUFFER_BYTES: usize = 1 << 20;
-
-/// What the writer task sends.
-#[derive(Debug)]
-enum Outgoing {
-    Reply(RequestId, Result<Value, ServerError>),
-    Message(Message),
-}
+use outbox::Outbox;
 
 /// Serves one connection until the client leaves, the connection fails, or `stop` fires.
 /// Returns why it closed.
@@ -45,38 +36,38 @@ pub(crate) async fn serve(
     handshake(&mut socket, &config).await?;
 
     let (read, write) = socket.into_split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::new(write, config.max_frame_bytes));
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
-        write,
-        out_rx,
-        config.max_frame_bytes,
-        writer_done.clone(),
-    ));
+    let writer = tokio::spawn({
+        let outbox = Arc::clone(&outbox);
+        let done = writer_done.clone();
+        async move { outbox.run(done).await }
+    });
 
-    let reply_tx = out_tx.clone();
+    let reply_outbox = Arc::clone(&outbox);
     let worker = Worker::spawn(
         conn_id,
         Box::new(move |id, result| {
-            // The writer may be gone if the client left; the reply is then moot.
-            let _ = reply_tx.send(Outgoing::Reply(id, result));
+            reply_outbox.send(&Message::Response { id, result });
         }),
     )
     .map_err(ConnectionError::Worker)?;
-    let _ = out_tx.send(Outgoing::Message(Message::Welcome(ServerInfo {
+    outbox.send(&Message::Welcome(ServerInfo {
         server: crate::SERVER_NAME.to_owned(),
         python_version: config.python_version.clone(),
         connection_id: conn_id,
-    })));
+    }));
 
     let mut frames = FramedRead::new(read, codec::framing(config.max_frame_bytes));
     let outcome = loop {
+        // A client that does not read its replies stops being read from.
+        outbox.wait_for_room().await;
         let frame = tokio::select! {
             frame = frames.next() => frame,
             () = stop.cancelled() => {
-                let _ = out_tx.send(Outgoing::Message(Message::Goodbye {
+                outbox.send(&Message::Goodbye {
                     reason: "server shutting down".to_owned(),
-                }));
+                });
                 break Ok("server shutting down");
             }
         };
@@ -103,16 +94,14 @@ pub(crate) async fn serve(
         match codec::decode(&frame) {
             Ok(Message::Request { id, op }) => {
                 if let Err(e) = worker.submit(id, op) {
-                    let _ = out_tx.send(Outgoing::Reply(
+                    outbox.send(&Message::Response {
                         id,
-                        Err(ServerError::InvalidRequest(e.to_string())),
-                    ));
+                        result: Err(ServerError::InvalidRequest(e.to_string())),
+                    });
                     break Ok("python worker stopped");
                 }
             }
-            Ok(Message::Ping { id }) => {
-                let _ = out_tx.send(Outgoing::Message(Message::Pong { id }));
-            }
+            Ok(Message::Ping { id }) => outbox.send(&Message::Pong { id }),
             Ok(Message::Cancel { id }) => {
                 debug!(request = id.0, "cancel requested");
                 worker.cancel(id);
@@ -128,10 +117,10 @@ pub(crate) async fn serve(
             Err(e) => {
                 warn!(error = %e, bytes = frame.len(), "malformed message");
                 if let Some(id) = codec::peek_request_id(&frame) {
-                    let _ = out_tx.send(Outgoing::Reply(
+                    outbox.send(&Message::Response {
                         id,
-                        Err(ServerError::InvalidRequest(e.to_string())),
-                    ));
+                        result: Err(ServerError::InvalidRequest(e.to_string())),
+                    });
                 }
             }
         }
@@ -139,12 +128,17 @@ pub(crate) async fn serve(
 
     // Dropping the worker interrupts a running call and frees the connection's objects.
     drop(worker);
-    drop(out_tx);
     writer_done.cancel();
-    match writer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "writing the last frames failed"),
-        Err(e) => warn!(error = %e, "writer task failed"),
+    if let Err(e) = writer.await {
+        warn!(error = %e, "writer task failed");
+    }
+    // The worker thread may still hold the outbox (a call stuck in C code): close the socket's
+    // write side now so the client sees the end at once; later replies are dropped.
+    outbox.shutdown();
+    if let Err(e) =
+        socket2::SockRef::from(outbox.half().as_ref()).shutdown(std::net::Shutdown::Write)
+    {
+        debug!(error = %e, "shutting down the socket failed");
     }
     outcome
 }
@@ -188,67 +182,4 @@ pub(crate) async fn refuse(
     socket.write_all(&buf).await?;
     socket.shutdown().await?;
     Ok(())
-}
-
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    max_frame_bytes: usize,
-    done: CancellationToken,
-) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    loop {
-        let first = tokio::select! {
-            biased;
-            item = rx.recv() => item,
-            () = done.cancelled() => None,
-        };
-        let closing = first.is_none();
-        if let Some(item) = first {
-            encode(item, max_frame_bytes, &mut buf);
-        }
-        // Everything already queued goes out in the same write.
-        while buf.len() < KEEP_BUFFER_BYTES {
-            match rx.try_recv() {
-                Ok(item) => encode(item, max_frame_bytes, &mut buf),
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            write.write_all(&buf).await?;
-            buf.clear();
-            if buf.capacity() > KEEP_BUFFER_BYTES {
-                buf = BytesMut::with_capacity(8 * 1024);
-            }
-        }
-        if closing {
-            return write.shutdown().await;
-        }
-    }
-}
-
-fn encode(item: Outgoing, max_frame_bytes: usize, buf: &mut BytesMut) {
-    let message = match item {
-        Outgoing::Reply(id, result) => Message::Response { id, result },
-        Outgoing::Message(m) => m,
-    };
-    match codec::encode_frame(&message, max_frame_bytes, buf) {
-        Ok(()) => {}
-        Err(ProtocolError::TooLarge { size, max }) => {
-            if let Message::Response { id, .. } = message {
-                warn!(request = id.0, size, max, "result too large to send");
-                let refusal = Message::Response {
-                    id,
-                    result: Err(ServerError::ResultTooLarge {
-                        size: size as u64,
-                        max: max as u64,
-                    }),
-                };
-                if let Err(e) = codec::encode_frame(&refusal, max_frame_bytes, buf) {
-                    warn!(error = %e, "cannot encode a refusal");
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot encode a message"),
-    }
 }
