@@ -88,6 +88,18 @@ fn host_port(host: &str, port: u16) -> String {
 /// default port. Anything else is returned trimmed, for resolution to reject with a clear error.
 pub(crate) fn with_default_port(addr: &str) -> String {
     let addr = addr.trim();
+    // `rpyc://[TOKEN@]host[:port]` and `rpycs://…`: default the port, keep the rest.
+    if let Some((scheme, rest)) = addr.split_once("://") {
+        let (token, host) = match rest.rsplit_once('@') {
+            Some((token, host)) => (Some(token), host),
+            None => (None, rest),
+        };
+        let host = with_default_port(host.trim_end_matches('/'));
+        return match token {
+            Some(token) => format!("{scheme}://{token}@{host}"),
+            None => format!("{scheme}://{host}"),
+        };
+    }
     if let Some(rest) = addr.strip_prefix('[') {
         // `[v6]` or `[v6]:port`.
         return match rest.split_once(']') {
@@ -104,9 +116,77 @@ pub(crate) fn with_default_port(addr: &str) -> String {
     }
 }
 
+/// A server address split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// `host:port`.
+    pub(crate) addr: String,
+    /// The token given in an `rpyc://TOKEN@host` address.
+    pub(crate) token: Option<String>,
+    /// `rpycs://`: the address asks for TLS.
+    pub(crate) tls: bool,
+}
+
+/// Splits an address (as [`with_default_port`] returns it) into host:port, token and scheme.
+///
+/// # Errors
+/// An unknown scheme is named in the error text.
+pub(crate) fn parse_target(addr: &str) -> Result<Target, String> {
+    let Some((scheme, rest)) = addr.split_once("://") else {
+        return Ok(Target {
+            addr: addr.to_owned(),
+            token: None,
+            tls: false,
+        });
+    };
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "rpyc" => false,
+        "rpycs" => true,
+        other => {
+            return Err(format!(
+                "unknown address scheme {other:?}: use rpyc://[TOKEN@]host[:port] or \
+                 rpycs://[TOKEN@]host[:port]"
+            ));
+        }
+    };
+    let (token, host) = match rest.rsplit_once('@') {
+        Some((token, host)) => (Some(token.to_owned()).filter(|t| !t.is_empty()), host),
+        None => (None, rest),
+    };
+    Ok(Target {
+        addr: host.to_owned(),
+        token,
+        tls,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_carry_token_and_scheme() {
+        let t = parse_target(&with_default_port("rpyc://s3cret@lab-host")).expect("url");
+        assert_eq!(
+            t,
+            Target {
+                addr: "lab-host:18812".into(),
+                token: Some("s3cret".into()),
+                tls: false
+            }
+        );
+        let t = parse_target(&with_default_port("rpycs://[::1]:9000/")).expect("url");
+        assert_eq!(
+            (t.addr.as_str(), t.token, t.tls),
+            ("[::1]:9000", None, true)
+        );
+        let t = parse_target(&with_default_port("127.0.0.1:1")).expect("plain");
+        assert_eq!(
+            (t.addr.as_str(), t.token, t.tls),
+            ("127.0.0.1:1", None, false)
+        );
+        assert!(parse_target("http://x:1").is_err());
+    }
 
     #[test]
     fn default_port_is_added_only_when_missing() {

@@ -183,8 +183,23 @@ impl Connection {
         self.inner.block_on(self.inner.conn.close());
     }
 
-    /// What the server said about itself.
-    pub fn server_info(&self) -> &ServerInfo {
+    /// Opens a new connection now and makes it current; see
+    /// [`crate::Connection::reconnect`].
+    ///
+    /// # Errors
+    /// As [`crate::Connection::reconnect`].
+    pub fn reconnect(&self) -> Result<()> {
+        self.inner.block_on(self.inner.conn.reconnect())
+    }
+
+    /// How many times the connection has reconnected; see
+    /// [`crate::Connection::reconnects`].
+    pub fn reconnects(&self) -> u64 {
+        self.inner.conn.reconnects()
+    }
+
+    /// What the server said about itself; see [`crate::Connection::server_info`].
+    pub fn server_info(&self) -> ServerInfo {
         self.inner.conn.server_info()
     }
 
@@ -270,6 +285,14 @@ impl ConnectionBuilder {
     pub fn batch_size(self, batch: u32) -> Self {
         ConnectionBuilder {
             inner: self.inner.batch_size(batch),
+        }
+    }
+
+    /// See [`crate::ConnectionBuilder::reconnect`]. The policy's callback runs on the thread
+    /// that made the call.
+    pub fn reconnect(self, policy: crate::ReconnectPolicy) -> Self {
+        ConnectionBuilder {
+            inner: self.inner.reconnect(policy),
         }
     }
 

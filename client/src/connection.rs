@@ -8,8 +8,9 @@ use rpyc_protocol::{NetRef, Op, ReturnMode, ServerInfo, Value, codec};
 use serde::de::DeserializeOwned;
 
 use crate::address::IntoServerAddr;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::object::{RemoteModules, RemoteObject};
+use crate::reconnect::{Link, ReconnectPolicy};
 use crate::session::{Cached, Config, Session};
 
 /// Default time allowed for connecting: TCP connect, greeting and welcome.
@@ -26,6 +27,10 @@ pub const DEFAULT_BATCH_SIZE: u32 = 256;
 /// [`close`](Self::close) is called, or when the last clone and the last [`RemoteObject`] from
 /// it are dropped.
 ///
+/// Built with a [`ReconnectPolicy`] ([`ConnectionBuilder::reconnect`]), the connection
+/// reconnects when a call finds it closed; see [`ReconnectPolicy`] for what carries over and
+/// what does not.
+///
 /// ```no_run
 /// # async fn demo() -> rpyc_client::Result<()> {
 /// let conn = rpyc_client::Connection::connect("localhost:18812").await?;
@@ -36,16 +41,18 @@ pub const DEFAULT_BATCH_SIZE: u32 = 256;
 /// ```
 #[derive(Clone)]
 pub struct Connection {
-    session: Arc<Session>,
+    link: Arc<Link>,
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let session = self.link.current();
         f.debug_struct("Connection")
-            .field("peer", &self.session.peer())
-            .field("server", &self.session.info().server)
-            .field("connection_id", &self.session.info().connection_id)
-            .field("closed", &self.session.is_closed())
+            .field("peer", &session.peer())
+            .field("server", &session.info().server)
+            .field("connection_id", &session.info().connection_id)
+            .field("closed", &session.is_closed())
+            .field("reconnects", &self.link.reconnects())
             .finish()
     }
 }
@@ -68,20 +75,63 @@ impl Connection {
     }
 
     /// A builder, to set timeouts and limits before connecting.
+    ///
+    /// Besides `host[:port]`, the address may be a URL: `rpyc://TOKEN@host[:port]` carries the
+    /// server's token (the same as [`ConnectionBuilder::token`]); `rpycs://` asks for TLS.
     pub fn builder(addr: impl IntoServerAddr) -> ConnectionBuilder {
+        let raw = addr.into_server_addr();
+        let (addr, token, invalid) = match crate::address::parse_target(&raw) {
+            Ok(target) if target.tls => (
+                target.addr,
+                target.token,
+                Some("rpycs:// (TLS) is not supported by this client build".to_owned()),
+            ),
+            Ok(target) => (target.addr, target.token, None),
+            Err(why) => (raw, None, Some(why)),
+        };
         ConnectionBuilder {
-            addr: addr.into_server_addr(),
+            addr,
+            invalid,
             config: Config {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 max_frame_bytes: codec::DEFAULT_MAX_FRAME_BYTES,
                 batch_size: DEFAULT_BATCH_SIZE,
+                token,
             },
+            reconnect: None,
         }
     }
 
-    pub(crate) fn from_session(session: Arc<Session>) -> Self {
-        Connection { session }
+    /// The handle of the connection `session` belongs to.
+    pub(crate) fn from_session(session: &Arc<Session>) -> Self {
+        Connection {
+            link: Link::of(session),
+        }
+    }
+
+    /// The session for a new call, reconnected first if it has closed and a policy is set.
+    async fn session(&self) -> Result<Arc<Session>> {
+        self.link.session().await
+    }
+
+    /// Sends `op` on the current session; returns the session too, to wrap references in.
+    async fn request_on(&self, op: Op, timeout: Duration) -> Result<(Arc<Session>, Value)> {
+        let session = self.session().await?;
+        match session.request(op, timeout).await {
+            Ok(value) => Ok((session, value)),
+            Err(Error::Disconnected { peer, reason }) if self.link.has_policy() => {
+                // Issue 3: a call in flight when the connection drops is never sent again.
+                Err(Error::Disconnected {
+                    peer,
+                    reason: format!(
+                        "{reason}; the call was not sent again (it may have run on the \
+                         server), the next call reconnects"
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs Python statements in the connection's namespace (`exec(code, namespace)`).
@@ -111,13 +161,12 @@ impl Connection {
     /// # Errors
     /// [`Error::Remote`](crate::Error::Remote) if the expression raises, or any transport error.
     pub async fn eval_object(&self, expr: &str) -> Result<RemoteObject> {
-        let value = self
-            .request(Op::Eval {
-                expr: expr.into(),
-                mode: ReturnMode::Ref,
-            })
-            .await?;
-        RemoteObject::wrap(&self.session, value)
+        let op = Op::Eval {
+            expr: expr.into(),
+            mode: ReturnMode::Ref,
+        };
+        let (session, value) = self.request_on(op, self.request_timeout()).await?;
+        RemoteObject::wrap(&session, value)
     }
 
     /// Evaluates a Python expression and returns a deep copy of the result as a raw [`Value`].
@@ -135,7 +184,7 @@ impl Connection {
 
     /// The server's modules: `conn.modules().get("sys")`.
     pub fn modules(&self) -> RemoteModules {
-        RemoteModules::new(self.session.clone())
+        RemoteModules::new(self.link.clone())
     }
 
     /// The connection's namespace dict (where [`execute`](Self::execute) and
@@ -144,7 +193,7 @@ impl Connection {
     /// # Errors
     /// Any transport error on the first call.
     pub async fn namespace(&self) -> Result<RemoteObject> {
-        self.session.cached(Cached::Namespace).await
+        self.session().await?.cached(Cached::Namespace).await
     }
 
     /// The server's `builtins` module, cached after the first call.
@@ -152,48 +201,72 @@ impl Connection {
     /// # Errors
     /// Any transport error on the first call.
     pub async fn builtins(&self) -> Result<RemoteObject> {
-        self.session.cached(Cached::Builtins).await
+        self.session().await?.cached(Cached::Builtins).await
     }
 
     /// Measures a round trip. The server answers pings at once, even while it runs Python.
+    /// With a [`ReconnectPolicy`], a ping that finds the connection closed reconnects first.
     ///
     /// # Errors
-    /// [`Error::Timeout`](crate::Error::Timeout) or
-    /// [`Error::Disconnected`](crate::Error::Disconnected).
+    /// [`Error::Timeout`](crate::Error::Timeout),
+    /// [`Error::Disconnected`](crate::Error::Disconnected) (at once if the connection is
+    /// known to be closed), or [`Error::ReconnectFailed`](crate::Error::ReconnectFailed).
     pub async fn ping(&self) -> Result<Duration> {
-        self.session.ping().await
+        self.session().await?.ping().await
     }
 
     /// Says goodbye to the server and closes the connection. Calls in flight and later calls,
     /// on this connection and its remote objects, fail with
-    /// [`Error::Disconnected`](crate::Error::Disconnected). Closing twice is harmless.
+    /// [`Error::Disconnected`](crate::Error::Disconnected); a [`ReconnectPolicy`] no longer
+    /// applies (until [`reconnect`](Self::reconnect) is called). Closing twice is harmless.
     pub async fn close(&self) {
-        self.session.close().await;
+        self.link.close().await;
     }
 
-    /// What the server said about itself when the connection opened.
-    pub fn server_info(&self) -> &ServerInfo {
-        self.session.info()
+    /// Opens a new connection to the same address now, runs the policy's setup script on it,
+    /// and makes it the one this handle and its clones use; the old connection is closed
+    /// (calls in flight on it fail with [`Error::Disconnected`](crate::Error::Disconnected)
+    /// and its remote objects become stale). Works after [`close`](Self::close) too, and
+    /// without a policy (then with one attempt).
+    ///
+    /// # Errors
+    /// [`Error::ReconnectFailed`](crate::Error::ReconnectFailed) if every attempt failed; the
+    /// old connection is then left as it was.
+    pub async fn reconnect(&self) -> Result<()> {
+        self.link.reconnect().await
+    }
+
+    /// How many times this connection has reconnected (automatically or through
+    /// [`reconnect`](Self::reconnect)).
+    pub fn reconnects(&self) -> u64 {
+        self.link.reconnects()
+    }
+
+    /// What the server said about itself when the current connection opened (a reconnect
+    /// changes it: a new `connection_id`, perhaps another server version).
+    pub fn server_info(&self) -> ServerInfo {
+        self.link.current().info().clone()
     }
 
     /// The server's address, as connected to (`host:port`).
     pub fn peer_addr(&self) -> &str {
-        self.session.peer()
+        self.link.addr()
     }
 
-    /// Whether the connection is closed.
+    /// Whether the connection is closed. With a [`ReconnectPolicy`], the next call reconnects
+    /// (unless [`close`](Self::close) closed it).
     pub fn is_closed(&self) -> bool {
-        self.session.is_closed()
+        self.link.current().is_closed()
     }
 
     /// The timeout applied to each request.
     pub fn request_timeout(&self) -> Duration {
-        self.session.config().request_timeout
+        self.link.config().request_timeout
     }
 
     /// The number of items fetched per round trip when iterating.
     pub fn batch_size(&self) -> u32 {
-        self.session.config().batch_size
+        self.link.config().batch_size
     }
 
     /// Sends any operation and returns its raw result, with the connection's request timeout.
@@ -209,9 +282,7 @@ impl Connection {
     /// [`Error::Disconnected`](crate::Error::Disconnected), or
     /// [`Error::Protocol`](crate::Error::Protocol) if the request is larger than the frame limit.
     pub async fn request(&self, op: Op) -> Result<Value> {
-        self.session
-            .request(op, self.session.config().request_timeout)
-            .await
+        self.request_with_timeout(op, self.request_timeout()).await
     }
 
     /// As [`request`](Self::request), with its own timeout.
@@ -219,14 +290,15 @@ impl Connection {
     /// # Errors
     /// As [`request`](Self::request).
     pub async fn request_with_timeout(&self, op: Op, timeout: Duration) -> Result<Value> {
-        self.session.request(op, timeout).await
+        Ok(self.request_on(op, timeout).await?.1)
     }
 
     /// Wraps a reference this connection's server issued (from [`request`](Self::request)) in a
     /// [`RemoteObject`] that releases it when dropped. Wrapping the same id twice yields handles
-    /// to the same object; do not wrap references from another connection.
+    /// to the same object; do not wrap references from another connection, or from before a
+    /// reconnect.
     pub fn adopt(&self, netref: NetRef) -> RemoteObject {
-        self.session.adopt(netref, false)
+        self.link.current().adopt(netref, false)
     }
 }
 
@@ -236,7 +308,10 @@ impl Connection {
 #[must_use = "a builder does nothing until `.connect()` is awaited"]
 pub struct ConnectionBuilder {
     addr: String,
+    /// Why the address cannot be used (an unknown scheme), reported by `connect`.
+    invalid: Option<String>,
     config: Config,
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl ConnectionBuilder {
@@ -267,6 +342,21 @@ impl ConnectionBuilder {
         self
     }
 
+    /// The shared secret of a server started with `--token-file` or `RPYC_TOKEN` (or the token
+    /// it generated). It is never sent: the client proves it knows it (HMAC-SHA256 over a fresh
+    /// challenge from the server).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = Some(token.into());
+        self
+    }
+
+    /// Reconnects when a call finds the connection closed, as `policy` says (default: never).
+    /// The first connect is not retried.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// The address this builder connects to, with the default port filled in.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -277,7 +367,15 @@ impl ConnectionBuilder {
     /// # Errors
     /// As [`Connection::connect`].
     pub async fn connect(self) -> Result<Connection> {
+        if let Some(why) = self.invalid {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot connect to {}: {why}", self.addr),
+            )));
+        }
         let session = Session::connect(self.addr, self.config).await?;
-        Ok(Connection { session })
+        Ok(Connection {
+            link: Link::new(session, self.reconnect),
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rpyc_protocol::{FromValueError, ProtocolError, RemoteException, ServerError};
@@ -59,6 +60,43 @@ pub enum Error {
     /// result too large for a frame, a cancelled request).
     #[error("server error: {0}")]
     Server(ServerError),
+    /// A remote object was used after its connection was replaced by a reconnect (see
+    /// [`ReconnectPolicy`](crate::ReconnectPolicy)). References never carry over to a new
+    /// connection (the new server does not have the object): get a fresh one from the
+    /// connection.
+    #[error(
+        "{reference} is from a previous connection to {peer} ({reason}); the client has \
+         reconnected since and references do not carry over: get a fresh object"
+    )]
+    StaleReference {
+        /// The reference, as `<remote TYPE #ID>`.
+        reference: String,
+        /// The server's address.
+        peer: String,
+        /// Why the previous connection closed.
+        reason: String,
+    },
+    /// The connection was lost and reconnecting failed: every attempt the
+    /// [`ReconnectPolicy`](crate::ReconnectPolicy) allows failed, or the setup script raised.
+    /// The next call starts a new round of attempts.
+    #[error("connection to {peer} lost; reconnecting failed after {attempts} attempt(s): {last}")]
+    ReconnectFailed {
+        /// The server's address.
+        peer: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt (an [`Error::Remote`] if the setup script raised).
+        last: Arc<Error>,
+    },
+    /// The server requires a token and none was given.
+    #[error(
+        "the server at {peer} requires a token: pass it with ConnectionBuilder::token or an \
+         rpyc://TOKEN@host:port address"
+    )]
+    AuthenticationRequired {
+        /// The server's address.
+        peer: String,
+    },
     /// An argument held a reference to a remote object that does not belong to this connection
     /// (it comes from another connection, or it was already released).
     #[error(
@@ -79,9 +117,20 @@ impl Error {
         matches!(self, Error::Timeout { .. } | Error::ConnectTimeout { .. })
     }
 
-    /// Whether the connection is closed ([`Error::Disconnected`]).
+    /// Whether the connection is closed: [`Error::Disconnected`], [`Error::StaleReference`] (the
+    /// object's connection is closed) or [`Error::ReconnectFailed`].
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Error::Disconnected { .. })
+        matches!(
+            self,
+            Error::Disconnected { .. }
+                | Error::StaleReference { .. }
+                | Error::ReconnectFailed { .. }
+        )
+    }
+
+    /// Whether a remote object from before a reconnect was used ([`Error::StaleReference`]).
+    pub fn is_stale_reference(&self) -> bool {
+        matches!(self, Error::StaleReference { .. })
     }
 
     /// Whether remote Python raised an exception ([`Error::Remote`]).

@@ -10,11 +10,17 @@
 //! - Async (tokio) by default; [`blocking`] has the same API for code without a runtime.
 //! - One socket per connection, shared by all clones: calls from many tasks are pipelined.
 //! - Every request has a timeout; a timed-out or abandoned request is cancelled on the server.
+//! - Optional reconnecting with backoff ([`ReconnectPolicy`]); calls in flight when the
+//!   connection drops are never re-sent, and old remote objects report
+//!   [`Error::StaleReference`].
 //! - Remote objects are released on the server when their last handle is dropped.
 //! - Library only: it emits `tracing` events and installs no subscriber.
 //!
 //! # Layout
-//! - `connection`: [`Connection`] and [`ConnectionBuilder`] (timeouts, frame limit, batch size).
+//! - `connection`: [`Connection`] and [`ConnectionBuilder`] (timeouts, frame limit, batch size,
+//!   reconnect policy).
+//! - `reconnect`: [`ReconnectPolicy`] and [`ReconnectEvent`]; the link that swaps in a new
+//!   session after a reconnect.
 //! - `object`: [`RemoteObject`] and [`RemoteModules`].
 //! - `iter`: [`RemoteIter`] and [`TypedIter`], batched iteration.
 //! - `args`: [`IntoArgs`] and [`IntoKwargs`], call arguments.
@@ -65,6 +71,7 @@ mod connection;
 mod error;
 mod iter;
 mod object;
+mod reconnect;
 mod session;
 
 #[cfg(test)]
@@ -79,6 +86,7 @@ pub use connection::{
 pub use error::{Error, Result};
 pub use iter::{RemoteIter, TypedIter};
 pub use object::{RemoteModules, RemoteObject};
+pub use reconnect::{ReconnectEvent, ReconnectPolicy};
 
 pub use rpyc_protocol as protocol;
 pub use rpyc_protocol::{

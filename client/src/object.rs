@@ -12,6 +12,7 @@ use crate::args::{IntoArgs, IntoKwargs};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::iter::{RemoteIter, TypedIter};
+use crate::reconnect::Link;
 use crate::session::{Cached, Session};
 
 /// The shared part of a [`RemoteObject`]; its `Drop` releases the remote reference.
@@ -118,9 +119,11 @@ impl RemoteObject {
         &self.inner.netref.type_name
     }
 
-    /// The connection this object belongs to.
+    /// The connection this object belongs to. After a reconnect this is the connection
+    /// handle it came from, which now uses the new connection (where this object does not
+    /// exist).
     pub fn connection(&self) -> Connection {
-        Connection::from_session(self.session().clone())
+        Connection::from_session(self.session())
     }
 
     /// Sends one operation on the object's connection; a closed connection is reported with the
@@ -135,6 +138,13 @@ impl RemoteObject {
 
     fn stale(&self, e: Error) -> Error {
         match e {
+            Error::Disconnected { peer, reason } if self.session().is_superseded() => {
+                Error::StaleReference {
+                    reference: self.inner.netref.to_string(),
+                    peer,
+                    reason,
+                }
+            }
             Error::Disconnected { peer, reason } => Error::Disconnected {
                 peer,
                 reason: format!(
@@ -528,23 +538,25 @@ impl RemoteObject {
 
 /// The server's importable modules: `modules().get("os.path")` is `import os.path` on the server.
 ///
-/// Modules are cached by name on the connection, so asking again costs no round trip.
+/// Modules are cached by name on the connection, so asking again costs no round trip. With a
+/// [`ReconnectPolicy`](crate::ReconnectPolicy), `get` imports on the current connection
+/// (reconnecting first if needed).
 #[derive(Clone)]
 pub struct RemoteModules {
-    session: Arc<Session>,
+    link: Arc<Link>,
 }
 
 impl fmt::Debug for RemoteModules {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteModules")
-            .field("peer", &self.session.peer())
+            .field("peer", &self.link.addr())
             .finish()
     }
 }
 
 impl RemoteModules {
-    pub(crate) fn new(session: Arc<Session>) -> Self {
-        RemoteModules { session }
+    pub(crate) fn new(link: Arc<Link>) -> Self {
+        RemoteModules { link }
     }
 
     /// Imports a module (dotted names work) and returns it as a remote object.
@@ -553,6 +565,10 @@ impl RemoteModules {
     /// [`Error::Remote`] (`ModuleNotFoundError`, or whatever the module raised on import), or
     /// any transport error.
     pub async fn get(&self, name: &str) -> Result<RemoteObject> {
-        self.session.cached(Cached::Module(name)).await
+        self.link
+            .session()
+            .await?
+            .cached(Cached::Module(name))
+            .await
     }
 }

@@ -29,6 +29,7 @@ use tracing::{debug, trace, warn};
 
 use crate::error::{Error, Result};
 use crate::object::{ObjectInner, RemoteObject};
+use crate::reconnect::Link;
 
 /// How long [`Session::close`] waits for the writer to flush the goodbye.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) max_frame_bytes: usize,
     pub(crate) batch_size: u32,
+    /// Shared secret for servers that require a token.
+    pub(crate) token: Option<String>,
 }
 
 /// What the writer task is asked to do.
@@ -129,6 +132,11 @@ pub(crate) struct Session {
     /// are released once the next request (the one that carries them) has completed.
     deferred: Mutex<Vec<NetRefId>>,
     has_deferred: AtomicBool,
+    /// The [`Link`] (the connection handle) this session serves, for
+    /// [`RemoteObject::connection`].
+    link: Mutex<Weak<Link>>,
+    /// Set when a reconnect replaced this session: its objects are stale references.
+    superseded: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -183,6 +191,8 @@ impl Session {
             caches: Mutex::default(),
             deferred: Mutex::default(),
             has_deferred: AtomicBool::new(false),
+            link: Mutex::default(),
+            superseded: AtomicBool::new(false),
         }))
     }
 
@@ -221,32 +231,61 @@ impl Session {
 
         let (read, write) = stream.into_split();
         let mut read = FramedRead::new(read, codec::framing(config.max_frame_bytes));
-        let write = FramedWrite::new(write, codec::framing(config.max_frame_bytes));
+        let mut write = FramedWrite::new(write, codec::framing(config.max_frame_bytes));
         let disconnected = |reason: String| Error::Disconnected {
             peer: peer.to_owned(),
             reason,
         };
-        let frame = match read.next().await {
-            None => {
-                return Err(disconnected(
-                    "the server closed the connection before its welcome".into(),
-                ));
+        let mut answered_challenge = false;
+        loop {
+            let frame = match read.next().await {
+                None if answered_challenge => {
+                    return Err(disconnected(
+                        "the server closed the connection after the token was sent \
+                         (authentication failed?)"
+                            .into(),
+                    ));
+                }
+                None => {
+                    return Err(disconnected(
+                        "the server closed the connection before its welcome".into(),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(io_error(format_args!("cannot read from {peer}"), &e));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            match codec::decode(&frame)? {
+                Message::Welcome(info) => return Ok((info, read, write)),
+                Message::Goodbye { reason } => {
+                    return Err(disconnected(format!(
+                        "the server refused the connection: {reason}"
+                    )));
+                }
+                Message::Challenge { nonce } if !answered_challenge => {
+                    let Some(token) = config.token.as_deref() else {
+                        return Err(Error::AuthenticationRequired {
+                            peer: peer.to_owned(),
+                        });
+                    };
+                    let proof = rpyc_protocol::auth::proof(token.as_bytes(), &nonce);
+                    let reply = codec::encode(&Message::Authenticate { proof })?;
+                    write.send(reply).await.map_err(|e| {
+                        io_error(format_args!("cannot send the token proof to {peer}"), &e)
+                    })?;
+                    answered_challenge = true;
+                }
+                other => {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{peer} sent {} instead of a welcome message",
+                            message_name(&other)
+                        ),
+                    )));
+                }
             }
-            Some(Err(e)) => return Err(io_error(format_args!("cannot read from {peer}"), &e)),
-            Some(Ok(frame)) => frame,
-        };
-        match codec::decode(&frame)? {
-            Message::Welcome(info) => Ok((info, read, write)),
-            Message::Goodbye { reason } => Err(disconnected(format!(
-                "the server refused the connection: {reason}"
-            ))),
-            other => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{peer} sent {} instead of a welcome message",
-                    message_name(&other)
-                ),
-            ))),
         }
     }
 
@@ -264,6 +303,26 @@ impl Session {
 
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.shared.state).closed.is_some()
+    }
+
+    /// Records the connection handle this session serves.
+    pub(crate) fn set_link(&self, link: Weak<Link>) {
+        *lock(&self.link) = link;
+    }
+
+    /// The connection handle this session serves, if it still exists.
+    pub(crate) fn link(&self) -> Option<Arc<Link>> {
+        lock(&self.link).upgrade()
+    }
+
+    /// Marks this session as replaced by a reconnect.
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    /// Whether a reconnect replaced this session.
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     fn disconnected(&self, reason: Option<String>) -> Error {
@@ -657,7 +716,11 @@ async fn read_loop(
                     )),
                 });
             }
-            other @ (Message::Welcome(_) | Message::Cancel { .. } | Message::Release { .. }) => {
+            other @ (Message::Welcome(_)
+            | Message::Cancel { .. }
+            | Message::Release { .. }
+            | Message::Challenge { .. }
+            | Message::Authenticate { .. }) => {
                 debug!(
                     message = message_name(&other),
                     "ignoring an unexpected message"
@@ -692,6 +755,8 @@ fn message_name(message: &Message) -> &'static str {
         Message::Ping { .. } => "Ping",
         Message::Pong { .. } => "Pong",
         Message::Goodbye { .. } => "Goodbye",
+        Message::Challenge { .. } => "Challenge",
+        Message::Authenticate { .. } => "Authenticate",
     }
 }
 

@@ -2,6 +2,7 @@
 //! `rpyc-classic` live in the `integration-tests` package.
 
 mod fake;
+mod reconnect;
 
 use std::time::Duration;
 

@@ -5,6 +5,8 @@ mod concurrency;
 mod exceptions;
 mod netrefs;
 mod robustness;
+mod security;
+mod soak;
 mod startup;
 mod support;
 mod timeouts;

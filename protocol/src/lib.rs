@@ -12,7 +12,9 @@
 //! - [`netref`]: [`NetRefId`], [`NetRef`].
 //! - [`exception`][]: [`RemoteException`].
 //! - [`handshake`]: the greeting, magic and version check.
+//! - [`auth`]: token challenge–response.
 //! - [`codec`]: framing and encoding.
+//! - [`brine`]: stock RPyC's serializer and message layer, for stock Python clients (issue 6).
 //! - [`error`][]: [`ProtocolError`].
 //!
 //! # Example
@@ -28,6 +30,8 @@
 //! # Ok::<(), rpyc_protocol::ProtocolError>(())
 //! ```
 
+pub mod auth;
+pub mod brine;
 pub mod codec;
 pub mod error;
 pub mod exception;

@@ -26,7 +26,8 @@ impl fmt::Display for RequestId {
 /// One frame's worth of protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Sent by the server right after the handshake.
+    /// Sent by the server right after the handshake (or after a successful
+    /// [`Message::Authenticate`]).
     Welcome(ServerInfo),
     /// Asks the peer to perform an operation.
     Request {
@@ -67,6 +68,16 @@ pub enum Message {
     Goodbye {
         /// Human-readable reason.
         reason: String,
+    },
+    /// Sent by a server that requires a token, instead of the welcome: prove you know it.
+    Challenge {
+        /// Fresh random bytes; see [`auth`](crate::auth).
+        nonce: [u8; crate::auth::AUTH_BYTES],
+    },
+    /// The client's answer to a [`Message::Challenge`].
+    Authenticate {
+        /// `auth::proof(token, nonce)`.
+        proof: [u8; crate::auth::AUTH_BYTES],
     },
 }
 

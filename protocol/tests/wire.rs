@@ -162,6 +162,8 @@ fn every_message() -> Vec<Message> {
         Message::Goodbye {
             reason: "shutdown".into(),
         },
+        Message::Challenge { nonce: [3; 32] },
+        Message::Authenticate { proof: [4; 32] },
     ]);
     all
 }

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Parser;
 use rpyc_protocol::DEFAULT_PORT;
 use rpyc_protocol::codec::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
@@ -37,6 +38,110 @@ pub(crate) struct Cli {
     /// Log filter, e.g. `info`, `debug`, `rpyc_server=trace` (default: $RUST_LOG, else `info`).
     #[arg(long, value_name = "FILTER")]
     pub(crate) log: Option<String>,
+
+    /// File holding the token clients must prove they know (surrounding whitespace ignored).
+    /// Required on non-loopback addresses unless --insecure-no-auth; if neither is given there,
+    /// a random token is generated and written to a file the start-up log names.
+    #[arg(long, value_name = "PATH", conflicts_with = "insecure_no_auth")]
+    pub(crate) token_file: Option<PathBuf>,
+
+    /// The token itself, from the environment (prefer --token-file: command lines are visible
+    /// to other users).
+    #[arg(skip = std::env::var("RPYC_TOKEN").ok())]
+    pub(crate) token_env: Option<String>,
+
+    /// Serve without authentication even on a network address: anyone who can reach the port
+    /// can run code as this user. Prints a warning.
+    #[arg(long)]
+    pub(crate) insecure_no_auth: bool,
+}
+
+/// Where the token came from, for the start-up log.
+#[derive(Debug)]
+pub(crate) enum TokenSource {
+    /// No token: loopback, or --insecure-no-auth.
+    None,
+    /// --token-file or RPYC_TOKEN.
+    Given,
+    /// Generated and written to this file.
+    Generated(PathBuf),
+}
+
+impl Cli {
+    /// The token to require, generating one for network addresses when none was given.
+    pub(crate) fn token(&self) -> anyhow::Result<(Option<String>, TokenSource)> {
+        self.token_at(&generated_token_path())
+    }
+
+    /// [`token`](Self::token), writing a generated token to `generated` instead of the default
+    /// place.
+    fn token_at(
+        &self,
+        generated: &std::path::Path,
+    ) -> anyhow::Result<(Option<String>, TokenSource)> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "--token-file {} is empty",
+                path.display()
+            );
+            return Ok((Some(token), TokenSource::Given));
+        }
+        if let Some(token) = self
+            .token_env
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            return Ok((Some(token.to_owned()), TokenSource::Given));
+        }
+        if self.host.is_loopback() || self.insecure_no_auth {
+            return Ok((None, TokenSource::None));
+        }
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(generated, &token).with_context(|| {
+            format!(
+                "cannot write the generated token to {}",
+                generated.display()
+            )
+        })?;
+        Ok((Some(token), TokenSource::Generated(generated.to_owned())))
+    }
+}
+
+/// `$XDG_CONFIG_HOME/rpyc-classic/token`, `~/.config/...` or `%APPDATA%\rpyc-classic\token`;
+/// the temporary directory as a last resort.
+fn generated_token_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("APPDATA").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("rpyc-classic").join("token")
+}
+
+/// Writes a file only its owner can read (Unix permissions 0600).
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
 }
 
 impl TryFrom<&Cli> for ServerConfig {
@@ -56,5 +161,62 @@ impl TryFrom<&Cli> for ServerConfig {
         config.max_frame_bytes = cli.max_frame_bytes;
         config.max_connections = cli.max_connections;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut cli = Cli::parse_from(std::iter::once("rpyc-classic").chain(args.iter().copied()));
+        cli.token_env = None;
+        cli
+    }
+
+    #[test]
+    fn loopback_needs_no_token_network_addresses_get_one() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("rpyc-cli-test-{}", std::process::id()));
+        let file = dir.join("token");
+        let (token, source) = parse(&[]).token_at(&file)?;
+        assert!(token.is_none() && matches!(source, TokenSource::None));
+        let (token, source) = parse(&["--host", "::1"]).token_at(&file)?;
+        assert!(token.is_none() && matches!(source, TokenSource::None));
+
+        let (token, source) = parse(&["--host", "10.1.2.3"]).token_at(&file)?;
+        let token = token.ok_or_else(|| anyhow::anyhow!("no token generated"))?;
+        assert_eq!(token.len(), 48);
+        assert!(matches!(source, TokenSource::Generated(ref p) if p == &file));
+        assert_eq!(std::fs::read_to_string(&file)?.trim(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&file)?.permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let (again, _) = parse(&["--host", "10.1.2.3"]).token_at(&file)?;
+        assert_ne!(
+            again.as_deref(),
+            Some(token.as_str()),
+            "tokens must be fresh"
+        );
+
+        let (token, source) =
+            parse(&["--host", "10.1.2.3", "--insecure-no-auth"]).token_at(&file)?;
+        assert!(token.is_none() && matches!(source, TokenSource::None));
+
+        std::fs::write(dir.join("given"), "  s3cret \n")?;
+        let given = dir.join("given").display().to_string();
+        let (token, source) = parse(&["--token-file", &given]).token_at(&file)?;
+        assert_eq!(token.as_deref(), Some("s3cret"));
+        assert!(matches!(source, TokenSource::Given));
+        assert!(
+            Cli::try_parse_from(["rpyc-classic", "--token-file", "x", "--insecure-no-auth"])
+                .is_err()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
     }
 }

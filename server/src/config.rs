@@ -19,6 +19,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `sys.version` of the embedded interpreter, told to clients in the welcome.
     pub python_version: String,
+    /// Clients must prove they know this token (see `rpyc_protocol::auth`); `None` lets anyone
+    /// who can reach the port in.
+    pub token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -29,6 +32,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             python_version: String::new(),
+            token: None,
         }
     }
 }

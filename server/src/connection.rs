@@ -34,6 +34,16 @@ pub(crate) async fn serve(
 ) -> Result<&'static str, ConnectionError> {
     socket.set_nodelay(true)?;
     handshake(&mut socket, &config).await?;
+    if let Some(token) = &config.token {
+        let peer = socket.peer_addr()?;
+        crate::auth::authenticate(
+            &mut socket,
+            peer,
+            token.as_bytes(),
+            config.handshake_timeout,
+        )
+        .await?;
+    }
 
     let (read, write) = socket.into_split();
     let outbox = Arc::new(Outbox::new(write, config.max_frame_bytes));
@@ -111,7 +121,13 @@ pub(crate) async fn serve(
                 debug!(%reason, "client said goodbye");
                 break Ok("client closed the connection");
             }
-            Ok(other @ (Message::Welcome(_) | Message::Response { .. } | Message::Pong { .. })) => {
+            Ok(
+                other @ (Message::Welcome(_)
+                | Message::Response { .. }
+                | Message::Pong { .. }
+                | Message::Challenge { .. }
+                | Message::Authenticate { .. }),
+            ) => {
                 warn!(message = ?other, "ignoring a message a client should not send");
             }
             Err(e) => {

@@ -15,6 +15,9 @@ pub enum ConnectionError {
     /// Reading or writing the socket failed (including a length prefix above the frame limit).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The client did not prove it knows the token.
+    #[error("authentication failed")]
+    AuthenticationFailed,
     /// The connection's Python thread could not be started.
     #[error("cannot start the connection's Python thread: {0}")]
     Worker(#[source] std::io::Error),

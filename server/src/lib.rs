@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 pub mod config;
 mod connection;
 pub mod error;

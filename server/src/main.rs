@@ -33,6 +33,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .init();
 
     let mut config = ServerConfig::try_from(&cli)?;
+    let (token, token_source) = cli.token()?;
+    config.token = token;
     // Python starts on the main thread, before any other thread exists.
     let info = python::init(&python::PythonConfig::with_venv(cli.venv.clone()))?;
     config.python_version = info.full_version.clone();
@@ -55,6 +57,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 info.version
             )?;
             out.flush()?;
+        }
+        match &token_source {
+            cli::TokenSource::Generated(path) => tracing::info!(
+                path = %path.display(),
+                "clients must authenticate: no token was given for a network address, so one was generated and written to this file"
+            ),
+            cli::TokenSource::Given => tracing::info!("clients must authenticate with the token"),
+            cli::TokenSource::None if cli.insecure_no_auth && !cli.host.is_loopback() => tracing::warn!(
+                "--insecure-no-auth: anyone who can reach {addr} can run code as this user"
+            ),
+            cli::TokenSource::None => {}
         }
         server::run(listener, config, shutdown_signal()).await;
         anyhow::Ok(())

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,6 +15,7 @@ use rpyc_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio_util::codec::Framed;
 
 /// How the fake behaves during the handshake.
@@ -32,6 +34,10 @@ pub(crate) enum Behave {
 pub(crate) struct Fake {
     pub(crate) addr: SocketAddr,
     seen: mpsc::UnboundedReceiver<Message>,
+    seen_tx: mpsc::UnboundedSender<Message>,
+    behave: Behave,
+    /// The accept loop and the connections' tasks, aborted by [`Fake::kill`].
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 /// Ids are unique across all connections of all fakes, so references from two connections
@@ -69,12 +75,60 @@ impl Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (seen_tx, seen) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, behave.clone(), seen_tx.clone()));
+        let fake = Fake {
+            addr,
+            seen,
+            seen_tx,
+            behave,
+            tasks: Arc::default(),
+        };
+        fake.listen(listener);
+        fake
+    }
+
+    fn listen(&self, listener: TcpListener) {
+        let (behave, seen_tx, tasks) = (
+            self.behave.clone(),
+            self.seen_tx.clone(),
+            self.tasks.clone(),
+        );
+        let accept = tokio::spawn({
+            let tasks = tasks.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let conn = tokio::spawn(serve(stream, behave.clone(), seen_tx.clone()));
+                    tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(conn.abort_handle());
+                }
             }
         });
-        Fake { addr, seen }
+        tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(accept.abort_handle());
+    }
+
+    /// Stops listening and drops every connection, as a killed server does.
+    pub(crate) fn kill(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        tasks.iter().for_each(AbortHandle::abort);
+    }
+
+    /// Kills the server if it runs, then listens again on the same address, as a restarted
+    /// server does.
+    pub(crate) async fn restart(&self) {
+        self.kill();
+        // The aborted accept loop drops its listener when the runtime next gets to it.
+        for _ in 0..200 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.listen(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("cannot listen on {} again", self.addr);
     }
 
     pub(crate) fn addr(&self) -> String {
@@ -158,6 +212,9 @@ impl Conn {
                     "builtins.object",
                 ))),
             },
+            Op::Execute { code } if code == "raise" => {
+                ok(Err(ServerError::Exception(Box::new(zero_division()))))
+            }
             Op::Execute { .. }
             | Op::SetAttr { .. }
             | Op::DelAttr { .. }
