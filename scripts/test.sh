@@ -8,3 +8,7 @@ cd "$(dirname "$0")/.."
 # for the build inside its start-up timeout.
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+
+# Stock Python RPyC clients against rpyc-classic and against stock rpyc_classic.py (issue 6);
+# creates target/py-venv with rpyc==6.0.2 and pytest if it is missing.
+bash scripts/python-tests.sh

@@ -288,6 +288,20 @@ impl ConnectionBuilder {
         }
     }
 
+    /// See [`crate::ConnectionBuilder::token`].
+    pub fn token(self, token: impl Into<String>) -> Self {
+        ConnectionBuilder {
+            inner: self.inner.token(token),
+        }
+    }
+
+    /// See [`crate::ConnectionBuilder::tls`].
+    pub fn tls(self, options: crate::TlsOptions) -> Self {
+        ConnectionBuilder {
+            inner: self.inner.tls(options),
+        }
+    }
+
     /// See [`crate::ConnectionBuilder::reconnect`]. The policy's callback runs on the thread
     /// that made the call.
     pub fn reconnect(self, policy: crate::ReconnectPolicy) -> Self {

@@ -80,24 +80,21 @@ impl Connection {
     /// server's token (the same as [`ConnectionBuilder::token`]); `rpycs://` asks for TLS.
     pub fn builder(addr: impl IntoServerAddr) -> ConnectionBuilder {
         let raw = addr.into_server_addr();
-        let (addr, token, invalid) = match crate::address::parse_target(&raw) {
-            Ok(target) if target.tls => (
-                target.addr,
-                target.token,
-                Some("rpycs:// (TLS) is not supported by this client build".to_owned()),
-            ),
-            Ok(target) => (target.addr, target.token, None),
-            Err(why) => (raw, None, Some(why)),
+        let (addr, token, tls_requested, invalid) = match crate::address::parse_target(&raw) {
+            Ok(target) => (target.addr, target.token, target.tls, None),
+            Err(why) => (raw, None, false, Some(why)),
         };
         ConnectionBuilder {
             addr,
             invalid,
+            tls_requested,
             config: Config {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 max_frame_bytes: codec::DEFAULT_MAX_FRAME_BYTES,
                 batch_size: DEFAULT_BATCH_SIZE,
                 token,
+                tls: None,
             },
             reconnect: None,
         }
@@ -118,9 +115,11 @@ impl Connection {
     /// Sends `op` on the current session; returns the session too, to wrap references in.
     async fn request_on(&self, op: Op, timeout: Duration) -> Result<(Arc<Session>, Value)> {
         let session = self.session().await?;
+        // Closed already: `close` was called, or there is no policy; the call is not sent.
+        let sent = !session.is_closed();
         match session.request(op, timeout).await {
             Ok(value) => Ok((session, value)),
-            Err(Error::Disconnected { peer, reason }) if self.link.has_policy() => {
+            Err(Error::Disconnected { peer, reason }) if sent && self.link.has_policy() => {
                 // Issue 3: a call in flight when the connection drops is never sent again.
                 Err(Error::Disconnected {
                     peer,
@@ -310,6 +309,8 @@ pub struct ConnectionBuilder {
     addr: String,
     /// Why the address cannot be used (an unknown scheme), reported by `connect`.
     invalid: Option<String>,
+    /// The address was `rpycs://`: TLS settings must be given.
+    tls_requested: bool,
     config: Config,
     reconnect: Option<ReconnectPolicy>,
 }
@@ -342,6 +343,12 @@ impl ConnectionBuilder {
         self
     }
 
+    /// Connects over TLS (to a server started with `--tls-cert`), trusting the CA in `options`.
+    pub fn tls(mut self, options: crate::TlsOptions) -> Self {
+        self.config.tls = Some(options);
+        self
+    }
+
     /// The shared secret of a server started with `--token-file` or `RPYC_TOKEN` (or the token
     /// it generated). It is never sent: the client proves it knows it (HMAC-SHA256 over a fresh
     /// challenge from the server).
@@ -371,6 +378,16 @@ impl ConnectionBuilder {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("cannot connect to {}: {why}", self.addr),
+            )));
+        }
+        if self.tls_requested && self.config.tls.is_none() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot connect to rpycs://{}: TLS needs a CA to trust, give one with \
+                     ConnectionBuilder::tls(TlsOptions::new().ca_file(\"ca.pem\"))",
+                    self.addr
+                ),
             )));
         }
         let session = Session::connect(self.addr, self.config).await?;

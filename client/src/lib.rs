@@ -73,6 +73,7 @@ mod iter;
 mod object;
 mod reconnect;
 mod session;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +88,7 @@ pub use error::{Error, Result};
 pub use iter::{RemoteIter, TypedIter};
 pub use object::{RemoteModules, RemoteObject};
 pub use reconnect::{ReconnectEvent, ReconnectPolicy};
+pub use tls::TlsOptions;
 
 pub use rpyc_protocol as protocol;
 pub use rpyc_protocol::{

@@ -43,6 +43,10 @@ use crate::session::{Config, Session, lock};
 /// connection fail with [`Error::StaleReference`]. The first connect is not retried: an
 /// unreachable server at start-up is reported at once.
 ///
+/// Do not pass an object from before a reconnect as an *argument* to a call on the new
+/// connection: references are checked by id and type name, and a new server process hands out
+/// the same ids again, so such an argument may name another object of the same type.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use rpyc_client::{Connection, ReconnectPolicy};
@@ -209,8 +213,10 @@ pub(crate) struct Link {
     policy: Option<ReconnectPolicy>,
     current: Mutex<Arc<Session>>,
     /// Set by `close` (under the `current` lock): a closed connection does not reconnect by
-    /// itself.
+    /// itself. Cleared when `reconnect` succeeds.
     closed: AtomicBool,
+    /// How many times `close` was called, so a reconnect can tell that it was closed meanwhile.
+    closes: AtomicU64,
     /// Held while reconnecting, so that one caller reconnects and the others wait for it.
     gate: tokio::sync::Mutex<()>,
     reconnects: AtomicU64,
@@ -238,6 +244,7 @@ impl Link {
             policy,
             current: Mutex::new(session.clone()),
             closed: AtomicBool::new(false),
+            closes: AtomicU64::new(0),
             gate: tokio::sync::Mutex::new(()),
             reconnects: AtomicU64::new(0),
             failed_rounds: AtomicU64::new(0),
@@ -288,7 +295,6 @@ impl Link {
     /// Replaces the current session by a new one even if it is still open (closing the old
     /// one), also after [`close`](Self::close).
     pub(crate) async fn reconnect(self: &Arc<Self>) -> Result<()> {
-        self.closed.store(false, Ordering::Release);
         let current = self.current();
         self.replace(current, true).await.map(drop)
     }
@@ -298,6 +304,7 @@ impl Link {
         let current = {
             let current = lock(&self.current);
             self.closed.store(true, Ordering::Release);
+            self.closes.fetch_add(1, Ordering::AcqRel);
             current.clone()
         };
         current.close().await;
@@ -307,6 +314,7 @@ impl Link {
     /// another caller already did.
     async fn replace(self: &Arc<Self>, seen: Arc<Session>, forced: bool) -> Result<Arc<Session>> {
         let rounds = self.failed_rounds.load(Ordering::Acquire);
+        let closes = self.closes.load(Ordering::Acquire);
         let gate = self.gate.lock().await;
         let current = self.current();
         if !Arc::ptr_eq(&current, &seen) {
@@ -350,9 +358,10 @@ impl Link {
         fresh.set_link(Arc::downgrade(self));
         let old = {
             let mut current = lock(&self.current);
-            if self.closed.load(Ordering::Acquire) {
+            if self.closes.load(Ordering::Acquire) != closes {
                 None
             } else {
+                self.closed.store(false, Ordering::Release);
                 Some(std::mem::replace(&mut *current, fresh.clone()))
             }
         };

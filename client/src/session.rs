@@ -19,9 +19,33 @@ use rpyc_protocol::handshake::{self, GREETING_LEN};
 use rpyc_protocol::{
     Message, NetRef, NetRefId, Op, RequestId, ServerError, ServerInfo, Value, codec,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The read side of a connection (plain TCP or TLS).
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of a connection (plain TCP or TLS).
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connected byte stream, before it is split: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn into_halves(self: Box<Self>) -> (Reader, Writer);
+}
+
+impl Stream for TcpStream {
+    fn into_halves(self: Box<Self>) -> (Reader, Writer) {
+        let (read, write) = self.into_split();
+        (Box::new(read), Box::new(write))
+    }
+}
+
+impl Stream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn into_halves(self: Box<Self>) -> (Reader, Writer) {
+        let (read, write) = tokio::io::split(*self);
+        (Box::new(read), Box::new(write))
+    }
+}
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -43,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) batch_size: u32,
     /// Shared secret for servers that require a token.
     pub(crate) token: Option<String>,
+    /// TLS settings; `None` for plain TCP.
+    pub(crate) tls: Option<crate::TlsOptions>,
 }
 
 /// What the writer task is asked to do.
@@ -201,17 +227,36 @@ impl Session {
         config: &Config,
     ) -> Result<(
         ServerInfo,
-        FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-        FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+        FramedRead<Reader, LengthDelimitedCodec>,
+        FramedWrite<Writer, LengthDelimitedCodec>,
     )> {
-        let mut stream = TcpStream::connect(peer)
+        let tcp = TcpStream::connect(peer)
             .await
             .map_err(|e| io_error(format_args!("cannot connect to {peer}"), &e))?;
-        stream
-            .set_nodelay(true)
+        tcp.set_nodelay(true)
             .map_err(|e| io_error(format_args!("cannot set TCP_NODELAY on {peer}"), &e))?;
+        let mut stream: Box<dyn Stream> = match &config.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let (connector, name) = tls.connector(peer)?;
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    io_error(
+                        format_args!(
+                            "TLS handshake with {peer} failed (is the server started with \
+                             --tls-cert, and does the CA match?)"
+                        ),
+                        &e,
+                    )
+                })?;
+                Box::new(tls)
+            }
+        };
         stream
             .write_all(&handshake::greeting())
+            .await
+            .map_err(|e| io_error(format_args!("cannot send the greeting to {peer}"), &e))?;
+        stream
+            .flush()
             .await
             .map_err(|e| io_error(format_args!("cannot send the greeting to {peer}"), &e))?;
         let mut theirs = [0u8; GREETING_LEN];
@@ -219,9 +264,15 @@ impl Session {
             return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::Disconnected {
                     peer: peer.to_owned(),
-                    reason: "the peer closed the connection during the greeting \
-                             (is it an rpyc-classic server?)"
-                        .into(),
+                    reason: if config.tls.is_some() {
+                        "the peer closed the connection during the greeting \
+                         (is it an rpyc-classic server?)"
+                    } else {
+                        "the peer closed the connection during the greeting (is it an \
+                         rpyc-classic server? if it was started with --tls-cert, connect \
+                         with rpycs:// and TlsOptions)"
+                    }
+                    .into(),
                 }
             } else {
                 io_error(format_args!("cannot read the greeting of {peer}"), &e)
@@ -229,7 +280,7 @@ impl Session {
         }
         handshake::check_greeting(&theirs)?;
 
-        let (read, write) = stream.into_split();
+        let (read, write) = stream.into_halves();
         let mut read = FramedRead::new(read, codec::framing(config.max_frame_bytes));
         let mut write = FramedWrite::new(write, codec::framing(config.max_frame_bytes));
         let disconnected = |reason: String| Error::Disconnected {
@@ -624,7 +675,7 @@ impl Drop for PendingGuard<'_> {
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    mut sink: FramedWrite<Writer, LengthDelimitedCodec>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
@@ -658,7 +709,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut stream: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    mut stream: FramedRead<Reader, LengthDelimitedCodec>,
     shared: Arc<Shared>,
     tx: mpsc::WeakUnboundedSender<Outgoing>,
 ) {

@@ -1,7 +1,9 @@
 //! Integration tests: each starts the real `rpyc-classic` binary and drives it over TCP.
 
 mod blocking;
+mod compat_rpyc;
 mod concurrency;
+mod examples;
 mod exceptions;
 mod netrefs;
 mod robustness;
@@ -10,4 +12,5 @@ mod soak;
 mod startup;
 mod support;
 mod timeouts;
+mod tls;
 mod values;

@@ -681,6 +681,12 @@ mod tests {
         }
         let deep = vec![0x10; MAX_DEPTH + 10];
         assert_eq!(decode(&deep), Err(BrineError::TooDeep));
+        // As deep as stock can send is fine (and dropping it does not overflow the stack).
+        let mut nested = vec![0x10; MAX_DEPTH - 1];
+        nested.push(0x00);
+        let value = decode(&nested);
+        assert!(value.is_ok());
+        assert_eq!(to_vec(&value.unwrap_or(Value::None)).ok(), Some(nested));
         assert!(matches!(
             decode(&[0x08, 0x0a, 0xff]),
             Err(BrineError::InvalidStr { .. })

@@ -1,7 +1,7 @@
 //! The greeting both sides exchange before any frame.
 //!
 //! Each side writes [`GREETING_LEN`] raw bytes: the six magic bytes [`MAGIC`] and its
-//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) as a big-endian `u16`. The client greets first; the
+//! [`PROTOCOL_VERSION`] as a big-endian `u16`. The client greets first; the
 //! server answers with its own greeting and, if the versions match, a
 //! [`Message::Welcome`](crate::Message::Welcome) frame. On a mismatch the server still sends its
 //! greeting (so the client can report both versions) and closes.

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rpyc_protocol::auth::{AUTH_BYTES, verify};
 use rpyc_protocol::{Message, codec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use crate::error::ConnectionError;
@@ -69,7 +68,7 @@ fn record(ip: IpAddr, ok: bool) {
 /// Challenges the client to prove it knows `token`. On failure the client is told why (a
 /// goodbye frame) and an error is returned; the caller closes the connection.
 pub(crate) async fn authenticate(
-    socket: &mut TcpStream,
+    socket: &mut (impl AsyncRead + AsyncWrite + Unpin),
     peer: SocketAddr,
     token: &[u8],
     timeout: Duration,
@@ -106,17 +105,23 @@ pub(crate) async fn authenticate(
     Err(ConnectionError::AuthenticationFailed)
 }
 
-async fn write_message(socket: &mut TcpStream, message: &Message) -> Result<(), ConnectionError> {
+async fn write_message(
+    socket: &mut (impl AsyncWrite + Unpin),
+    message: &Message,
+) -> Result<(), ConnectionError> {
     let mut buf = BytesMut::new();
     codec::encode_frame(message, MAX_AUTH_FRAME, &mut buf)
         .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
     socket.write_all(&buf).await?;
+    socket.flush().await?;
     Ok(())
 }
 
 /// Reads exactly one frame of at most [`MAX_AUTH_FRAME`] bytes (never more than that frame,
 /// so nothing the client sends after it is lost).
-async fn read_small_message(socket: &mut TcpStream) -> Result<Message, ConnectionError> {
+async fn read_small_message(
+    socket: &mut (impl AsyncRead + Unpin),
+) -> Result<Message, ConnectionError> {
     let mut len = [0u8; codec::LENGTH_PREFIX_BYTES];
     socket.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use rpyc_protocol::DEFAULT_PORT;
 use rpyc_protocol::codec::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
-use rpyc_server::ServerConfig;
+use rpyc_server::tls::{TlsFiles, TlsServer};
+use rpyc_server::{ProtocolMode, ServerConfig};
 
 /// A remote Python host: clients run Python code, import modules and use objects on this
 /// machine over TCP, in the manner of RPyC's classic mode.
@@ -54,6 +55,24 @@ pub(crate) struct Cli {
     /// can run code as this user. Prints a warning.
     #[arg(long)]
     pub(crate) insecure_no_auth: bool,
+
+    /// Protocols served on the port: `auto` serves native rpyc-rs clients and stock Python RPyC
+    /// clients (`rpyc.classic.connect`) alike, telling them apart by their first byte.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
+    pub(crate) protocol: ProtocolArg,
+
+    /// PEM certificate chain: serve TLS only (clients connect with rpycs://). Needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one (mutual TLS).
+    /// This authenticates clients, so no token is needed on network addresses.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 /// Where the token came from, for the start-up log.
@@ -98,7 +117,7 @@ impl Cli {
         {
             return Ok((Some(token.to_owned()), TokenSource::Given));
         }
-        if self.host.is_loopback() || self.insecure_no_auth {
+        if self.host.is_loopback() || self.insecure_no_auth || self.tls_client_ca.is_some() {
             return Ok((None, TokenSource::None));
         }
         let mut bytes = [0u8; 24];
@@ -158,10 +177,33 @@ impl TryFrom<&Cli> for ServerConfig {
             anyhow::bail!("--max-connections must be at least 1");
         }
         let mut config = ServerConfig::default();
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            let mut files = TlsFiles::new(cert.clone(), key.clone());
+            if let Some(ca) = &cli.tls_client_ca {
+                files = files.with_client_ca(ca.clone());
+            }
+            config.tls = Some(TlsServer::load(&files)?);
+        }
         config.max_frame_bytes = cli.max_frame_bytes;
         config.max_connections = cli.max_connections;
+        config.protocol = match cli.protocol {
+            ProtocolArg::Auto => ProtocolMode::Auto,
+            ProtocolArg::Native => ProtocolMode::Native,
+            ProtocolArg::Rpyc => ProtocolMode::Rpyc,
+        };
         Ok(config)
     }
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProtocolArg {
+    /// Native and stock RPyC clients, told apart by their first byte.
+    Auto,
+    /// Native rpyc-rs clients only.
+    Native,
+    /// Stock Python RPyC clients only.
+    Rpyc,
 }
 
 #[cfg(test)]

@@ -22,6 +22,24 @@ pub struct ServerConfig {
     /// Clients must prove they know this token (see `rpyc_protocol::auth`); `None` lets anyone
     /// who can reach the port in.
     pub token: Option<String>,
+    /// Which clients the port serves: native, stock RPyC (issue 6), or both (told apart by
+    /// their first byte).
+    pub protocol: ProtocolMode,
+    /// TLS for every connection (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<crate::tls::TlsServer>,
+}
+
+/// Which protocol(s) the server speaks on its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProtocolMode {
+    /// Both: a connection whose first byte is not our greeting's `0xF0` is stock RPyC.
+    #[default]
+    Auto,
+    /// Only the native rpyc-rs protocol.
+    Native,
+    /// Only stock RPyC's protocol (Python clients using `rpyc.classic.connect`).
+    Rpyc,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +51,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             python_version: String::new(),
             token: None,
+            protocol: ProtocolMode::Auto,
+            tls: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use rpyc_protocol::handshake::{GREETING_LEN, check_greeting, greeting};
 use rpyc_protocol::{Message, ProtocolError, ServerError, ServerInfo, codec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -27,15 +27,63 @@ use outbox::Outbox;
 /// Serves one connection until the client leaves, the connection fails, or `stop` fires.
 /// Returns why it closed.
 pub(crate) async fn serve(
-    mut socket: TcpStream,
+    socket: TcpStream,
     conn_id: u64,
     config: Arc<ServerConfig>,
     stop: CancellationToken,
 ) -> Result<&'static str, ConnectionError> {
     socket.set_nodelay(true)?;
+    let peer = socket.peer_addr()?;
+    if let Some(tls) = &config.tls {
+        let accepted =
+            tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(socket)).await;
+        let stream = match accepted {
+            Err(_) => return Err(ConnectionError::HandshakeTimeout(config.handshake_timeout)),
+            Ok(Err(e)) => return Err(ConnectionError::Tls(e)),
+            Ok(Ok(stream)) => stream,
+        };
+        return serve_native(stream, peer, conn_id, config, stop).await;
+    }
+    // Issue 6: a stock Python RPyC client on the same port.
+    if crate::rpyc_compat::detect(&socket, &config).await? {
+        return crate::rpyc_compat::serve(socket, conn_id, config, stop).await;
+    }
+    serve_native(socket, peer, conn_id, config, stop).await
+}
+
+/// A byte stream a native connection runs over: plain TCP or TLS.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Splits into a boxed reader and the outbox that writes.
+    fn into_parts(self, max_frame_bytes: usize) -> (Box<dyn AsyncRead + Send + Unpin>, Outbox);
+}
+
+impl Transport for TcpStream {
+    fn into_parts(self, max_frame_bytes: usize) -> (Box<dyn AsyncRead + Send + Unpin>, Outbox) {
+        let (read, write) = self.into_split();
+        (Box::new(read), Outbox::tcp(write, max_frame_bytes))
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_parts(self, max_frame_bytes: usize) -> (Box<dyn AsyncRead + Send + Unpin>, Outbox) {
+        let (read, write) = tokio::io::split(self);
+        (
+            Box::new(read),
+            Outbox::stream(Box::new(write), max_frame_bytes),
+        )
+    }
+}
+
+/// Serves the native protocol: greeting, authentication, then requests until the end.
+async fn serve_native(
+    mut socket: impl Transport,
+    peer: std::net::SocketAddr,
+    conn_id: u64,
+    config: Arc<ServerConfig>,
+    stop: CancellationToken,
+) -> Result<&'static str, ConnectionError> {
     handshake(&mut socket, &config).await?;
     if let Some(token) = &config.token {
-        let peer = socket.peer_addr()?;
         crate::auth::authenticate(
             &mut socket,
             peer,
@@ -45,8 +93,8 @@ pub(crate) async fn serve(
         .await?;
     }
 
-    let (read, write) = socket.into_split();
-    let outbox = Arc::new(Outbox::new(write, config.max_frame_bytes));
+    let (read, outbox) = socket.into_parts(config.max_frame_bytes);
+    let outbox = Arc::new(outbox);
     let writer_done = CancellationToken::new();
     let writer = tokio::spawn({
         let outbox = Arc::clone(&outbox);
@@ -144,24 +192,21 @@ pub(crate) async fn serve(
 
     // Dropping the worker interrupts a running call and frees the connection's objects.
     drop(worker);
+    // The writer flushes what is left and shuts the write side down, even if the Python thread
+    // still holds the outbox (a call stuck in C code); later replies are dropped.
     writer_done.cancel();
     if let Err(e) = writer.await {
         warn!(error = %e, "writer task failed");
-    }
-    // The worker thread may still hold the outbox (a call stuck in C code): close the socket's
-    // write side now so the client sees the end at once; later replies are dropped.
-    outbox.shutdown();
-    if let Err(e) =
-        socket2::SockRef::from(outbox.half().as_ref()).shutdown(std::net::Shutdown::Write)
-    {
-        debug!(error = %e, "shutting down the socket failed");
     }
     outcome
 }
 
 /// Exchanges greetings; on a version mismatch the client still gets our greeting (to report
 /// both versions) before the connection closes.
-async fn handshake(socket: &mut TcpStream, config: &ServerConfig) -> Result<(), ConnectionError> {
+async fn handshake(
+    socket: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    config: &ServerConfig,
+) -> Result<(), ConnectionError> {
     let mut theirs = [0u8; GREETING_LEN];
     match tokio::time::timeout(config.handshake_timeout, socket.read_exact(&mut theirs)).await {
         Err(_) => return Err(ConnectionError::HandshakeTimeout(config.handshake_timeout)),
@@ -171,19 +216,41 @@ async fn handshake(socket: &mut TcpStream, config: &ServerConfig) -> Result<(), 
     match check_greeting(&theirs) {
         Ok(_) => {
             socket.write_all(&greeting()).await?;
+            socket.flush().await?;
             Ok(())
         }
         Err(e @ ProtocolError::VersionMismatch { .. }) => {
             let _ = socket.write_all(&greeting()).await;
+            let _ = socket.flush().await;
             Err(ConnectionError::Handshake(e))
         }
+        // A TLS ClientHello: handshake record (0x16), version 3.x.
+        Err(_) if theirs[0] == 0x16 && theirs[1] == 0x03 => Err(ConnectionError::TlsClient),
         Err(e) => Err(ConnectionError::Handshake(e)),
     }
 }
 
 /// Greets a client only to tell it why it cannot be served, then closes.
 pub(crate) async fn refuse(
-    mut socket: TcpStream,
+    socket: TcpStream,
+    config: &ServerConfig,
+    reason: String,
+) -> Result<(), ConnectionError> {
+    match &config.tls {
+        Some(tls) => {
+            let accepted =
+                tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(socket))
+                    .await
+                    .map_err(|_| ConnectionError::HandshakeTimeout(config.handshake_timeout))?
+                    .map_err(ConnectionError::Tls)?;
+            refuse_on(accepted, config, reason).await
+        }
+        None => refuse_on(socket, config, reason).await,
+    }
+}
+
+async fn refuse_on(
+    mut socket: impl AsyncRead + AsyncWrite + Unpin,
     config: &ServerConfig,
     reason: String,
 ) -> Result<(), ConnectionError> {

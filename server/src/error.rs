@@ -15,9 +15,18 @@ pub enum ConnectionError {
     /// Reading or writing the socket failed (including a length prefix above the frame limit).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed (a client without TLS, an untrusted certificate, …).
+    #[error("TLS handshake failed: {0} (a client without TLS, or an untrusted certificate?)")]
+    Tls(#[source] std::io::Error),
+    /// A TLS client connected, but this server was started without TLS.
+    #[error("the client speaks TLS, but this server was started without --tls-cert")]
+    TlsClient,
     /// The client did not prove it knows the token.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// A stock RPyC client was refused (a token is required, which RPyC cannot present).
+    #[error("stock RPyC client refused: {0}")]
+    RpycRefused(&'static str),
     /// The connection's Python thread could not be started.
     #[error("cannot start the connection's Python thread: {0}")]
     Worker(#[source] std::io::Error),

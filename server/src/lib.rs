@@ -29,9 +29,11 @@ pub mod config;
 mod connection;
 pub mod error;
 pub mod python;
+mod rpyc_compat;
 pub mod server;
+pub mod tls;
 
-pub use config::ServerConfig;
+pub use config::{ProtocolMode, ServerConfig};
 pub use error::ConnectionError;
 
 /// Name and version, as printed in the start line and sent to clients.

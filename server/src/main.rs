@@ -69,6 +69,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             ),
             cli::TokenSource::None => {}
         }
+        if let Some(tls) = &config.tls {
+            tracing::info!(
+                client_certificates = tls.requires_client_certificates(),
+                "TLS only: clients connect with rpycs://"
+            );
+        }
         server::run(listener, config, shutdown_signal()).await;
         anyhow::Ok(())
     })?;

@@ -17,6 +17,8 @@ mod init;
 mod objects;
 mod worker;
 
-pub use classic::{ClassicOptions, ClassicWorker, ClassicWorkerGone, DEFAULT_CALLBACK_TIMEOUT, FrameSink};
+pub use classic::{
+    ClassicOptions, ClassicWorker, ClassicWorkerGone, DEFAULT_CALLBACK_TIMEOUT, FrameSink,
+};
 pub use init::{PythonConfig, PythonError, PythonInfo, init};
 pub use worker::{ReplyFn, Worker};

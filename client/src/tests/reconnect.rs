@@ -264,6 +264,15 @@ async fn a_forced_reconnect_replaces_an_open_connection() {
         matches!(err, Error::ReconnectFailed { attempts: 3, .. }),
         "{err:?}"
     );
+
+    // A failed `reconnect()` after `close` leaves the connection closed for good.
+    conn.close().await;
+    assert!(conn.reconnect().await.is_err());
+    fake.restart().await;
+    let err = conn.eval_value("1").await.expect_err("still closed");
+    assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
+    assert!(!err.to_string().contains("reconnects"), "{err}");
+    assert_eq!(conn.reconnects(), 1);
 }
 
 #[test]

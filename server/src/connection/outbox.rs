@@ -1,11 +1,14 @@
 //! The write side of a connection: frames are written by whichever thread produces them.
 //!
-//! A reply is encoded and written straight to the socket by the Python worker thread, and a pong
-//! by the reader task, with a non-blocking `try_write`: no hand-off to another thread on the hot
-//! path (each one costs several microseconds on a small call). Only when the socket would block
-//! (a slow reader, or a reply larger than the socket buffer) does the rest wait in the outbox
-//! for the writer task, which flushes it as the socket drains. Every write happens under the
-//! outbox lock, so frames never interleave and keep their order.
+//! On plain TCP a reply is encoded and written straight to the socket by the Python worker
+//! thread, and a pong by the reader task, with a non-blocking `try_write`: no hand-off to
+//! another thread on the hot path (each one costs several microseconds on a small call). Only
+//! when the socket would block (a slow reader, or a reply larger than the socket buffer) does
+//! the rest wait in the outbox for the writer task, which flushes it as the socket drains. Every
+//! write happens under the outbox lock, so frames never interleave and keep their order.
+//!
+//! Over TLS the record layer needs an async writer, so frames are queued and the writer task
+//! writes them: one hand-off per batch of frames.
 
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use rpyc_protocol::{Message, ProtocolError, ServerError, codec};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -22,20 +26,38 @@ const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// How long the final flush may take when the connection closes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where frames go.
+enum Sink {
+    /// Plain TCP: any thread may write with `try_write`.
+    Tcp(OwnedWriteHalf),
+    /// Any async writer (TLS): only the writer task writes.
+    Stream(tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sink::Tcp(_) => "Sink::Tcp",
+            Sink::Stream(_) => "Sink::Stream",
+        })
+    }
+}
+
 #[derive(Debug)]
 struct State {
     /// Encoded frames not yet written.
     buf: BytesMut,
-    /// The socket would block: the writer task owns flushing until `buf` is empty.
+    /// The writer task owns flushing until `buf` is empty (the socket would block, or the
+    /// sink is a stream).
     parked: bool,
     /// Writing failed or the connection is closing: frames are dropped.
     closed: bool,
 }
 
-/// Ordered, mostly synchronous writer of a connection's frames.
+/// Ordered writer of a connection's frames, synchronous on plain TCP.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    half: OwnedWriteHalf,
+    sink: Sink,
     state: Mutex<State>,
     /// Wakes the writer task when frames are left over, and the reader when the backlog drains.
     parked: Notify,
@@ -51,9 +73,25 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Outbox {
-    pub(crate) fn new(half: OwnedWriteHalf, max_frame_bytes: usize) -> Outbox {
+    /// An outbox that writes to a TCP socket directly.
+    pub(crate) fn tcp(half: OwnedWriteHalf, max_frame_bytes: usize) -> Outbox {
+        Outbox::new(Sink::Tcp(half), max_frame_bytes)
+    }
+
+    /// An outbox whose writer task writes to any async writer.
+    pub(crate) fn stream(
+        writer: Box<dyn AsyncWrite + Send + Unpin>,
+        max_frame_bytes: usize,
+    ) -> Outbox {
+        Outbox::new(
+            Sink::Stream(tokio::sync::Mutex::new(writer)),
+            max_frame_bytes,
+        )
+    }
+
+    fn new(sink: Sink, max_frame_bytes: usize) -> Outbox {
         Outbox {
-            half,
+            sink,
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(8 * 1024),
                 parked: false,
@@ -80,10 +118,18 @@ impl Outbox {
         }
     }
 
-    /// Writes as much of the backlog as the socket takes without blocking.
+    /// Writes as much of the backlog as the socket takes without blocking (TCP), or hands it
+    /// to the writer task (stream).
     fn flush(&self, state: &mut State) {
+        let Sink::Tcp(half) = &self.sink else {
+            if !state.buf.is_empty() && !state.parked {
+                state.parked = true;
+                self.parked.notify_one();
+            }
+            return;
+        };
         while !state.buf.is_empty() {
-            match self.half.try_write(&state.buf) {
+            match half.try_write(&state.buf) {
                 Ok(0) => {
                     state.closed = true;
                     break;
@@ -126,8 +172,8 @@ impl Outbox {
         }
     }
 
-    /// The writer task: flushes backlogs as the socket drains, until `stop` and then a last
-    /// bounded flush.
+    /// The writer task: flushes backlogs as the socket drains, until `stop`; then a last
+    /// bounded flush, and the write side is shut down.
     pub(crate) async fn run(&self, stop: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -135,7 +181,7 @@ impl Outbox {
                 () = stop.cancelled() => break,
             }
             if !self.drain().await {
-                return;
+                break;
             }
         }
         if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.drain())
@@ -144,47 +190,92 @@ impl Outbox {
         {
             warn!("client did not read its last replies in time");
         }
-        lock(&self.state).closed = true;
+        self.close().await;
     }
 
     /// Flushes until the backlog is empty; false if the socket failed.
     async fn drain(&self) -> bool {
-        loop {
-            {
-                let mut state = lock(&self.state);
-                if state.closed {
+        match &self.sink {
+            Sink::Tcp(half) => loop {
+                {
+                    let mut state = lock(&self.state);
+                    if state.closed {
+                        return false;
+                    }
+                    if state.buf.is_empty() {
+                        state.parked = false;
+                        return true;
+                    }
+                    state.parked = false;
+                    self.flush(&mut state);
+                    if !state.parked {
+                        continue;
+                    }
+                }
+                if let Err(e) = half.writable().await {
+                    debug!(error = %e, "socket no longer writable");
+                    lock(&self.state).closed = true;
                     return false;
                 }
-                if state.buf.is_empty() {
-                    state.parked = false;
-                    return true;
+            },
+            Sink::Stream(writer) => loop {
+                let chunk = {
+                    let mut state = lock(&self.state);
+                    if state.closed {
+                        return false;
+                    }
+                    if state.buf.is_empty() {
+                        state.parked = false;
+                        drop(state);
+                        self.drained.notify_waiters();
+                        return true;
+                    }
+                    state.buf.split()
+                };
+                let mut writer = writer.lock().await;
+                let written = async {
+                    writer.write_all(&chunk).await?;
+                    writer.flush().await
+                };
+                if let Err(e) = written.await {
+                    debug!(error = %e, "writing to the client failed");
+                    lock(&self.state).closed = true;
+                    return false;
                 }
-                state.parked = false;
-                self.flush(&mut state);
-                if !state.parked {
-                    continue;
-                }
-            }
-            if let Err(e) = self.half.writable().await {
-                debug!(error = %e, "socket no longer writable");
-                lock(&self.state).closed = true;
-                return false;
-            }
+            },
         }
     }
 
-    /// Stops accepting frames and shuts the socket's write side.
-    pub(crate) fn shutdown(&self) {
-        let mut state = lock(&self.state);
-        state.closed = true;
-        state.buf = BytesMut::new();
-        drop(state);
+    /// Stops accepting frames and shuts the write side down, so the client sees the end at once
+    /// even while the Python thread still holds the outbox (a call stuck in C code).
+    async fn close(&self) {
+        {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.buf = BytesMut::new();
+        }
         self.drained.notify_waiters();
-    }
-
-    /// The write half, for a final `shutdown()`.
-    pub(crate) fn half(&self) -> &OwnedWriteHalf {
-        &self.half
+        let result = match &self.sink {
+            Sink::Tcp(half) => {
+                socket2::SockRef::from(half.as_ref()).shutdown(std::net::Shutdown::Write)
+            }
+            Sink::Stream(writer) => {
+                match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                    writer.lock().await.shutdown().await
+                })
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "shutdown timed out",
+                    )),
+                }
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "shutting down the connection's write side failed");
+        }
     }
 }
 

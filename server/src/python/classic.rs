@@ -166,6 +166,9 @@ struct PyState {
     stop_iteration: Py<PyType>,
 }
 
+/// File name of the helper module in tracebacks.
+const SUPPORT_FILE: &str = "<rpyc-classic stock-RPyC support>";
+
 /// The `_rpyc_classic` helper module, loaded on the first stock-RPyC connection.
 static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -175,10 +178,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn support(py: Python<'_>) -> PyResult<&Py<PyModule>> {
     SUPPORT.get_or_try_init(py, || {
+        let source = include_str!("classic_support.py");
+        // Tracebacks through the helpers then show their source lines, as stock's show rpyc's.
+        let lines: Vec<String> = source.split_inclusive('\n').map(str::to_owned).collect();
+        py.import("linecache")?
+            .getattr("cache")?
+            .set_item(SUPPORT_FILE, (source.len(), py.None(), lines, SUPPORT_FILE))?;
         let module = PyModule::from_code(
             py,
-            c_string(include_str!("classic_support.py"))?.as_c_str(),
-            c"<rpyc-classic stock-RPyC support>",
+            c_string(source)?.as_c_str(),
+            &c_string(SUPPORT_FILE)?,
             c"_rpyc_classic",
         )?;
         py.import("sys")?
@@ -231,11 +240,12 @@ impl PyState {
         Ok(PyState {
             client: client.unbind(),
             root: root.unbind(),
-            netref_base: module.getattr("BaseNetref")?.cast_into::<PyType>()?.unbind(),
-            netref_id_pack: module.getattr("netref_id_pack")?.unbind(),
-            stop_iteration: py
-                .get_type::<pyo3::exceptions::PyStopIteration>()
+            netref_base: module
+                .getattr("BaseNetref")?
+                .cast_into::<PyType>()?
                 .unbind(),
+            netref_id_pack: module.getattr("netref_id_pack")?.unbind(),
+            stop_iteration: py.get_type::<pyo3::exceptions::PyStopIteration>().unbind(),
             support,
         })
     }
@@ -296,7 +306,13 @@ impl Conn {
                 Err(std::sync::TryLockError::WouldBlock) => {
                     // Another thread pumps: wait until it files a reply or lets go.
                     let pending = lock(&self.pending);
-                    if ready(&pending) || self.closed.load(Ordering::SeqCst) {
+                    if self.closed.load(Ordering::SeqCst) {
+                        return match waiting_for {
+                            None => Pumped::Closed,
+                            Some(_) => Pumped::Nothing,
+                        };
+                    }
+                    if ready(&pending) {
                         return Pumped::Nothing;
                     }
                     let _ = self.arrived.wait_timeout(pending, WAITER_SLICE);
@@ -307,7 +323,9 @@ impl Conn {
                 return Pumped::Nothing;
             }
             let received = match waiting_for {
-                None => inbox.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                None => inbox
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
                 Some((_, deadline)) => inbox.recv_timeout(
                     deadline
                         .saturating_duration_since(Instant::now())
@@ -322,7 +340,11 @@ impl Conn {
                     match pending.get_mut(&reply.seq) {
                         Some(slot @ None) => *slot = Some(reply),
                         // An async request's reply (HANDLE_DEL), or one we gave up on.
-                        _ => tracing::trace!(conn = self.conn_id, seq = reply.seq, "reply nobody waits for"),
+                        _ => tracing::trace!(
+                            conn = self.conn_id,
+                            seq = reply.seq,
+                            "reply nobody waits for"
+                        ),
                     }
                     Pumped::Nothing
                 }
@@ -468,7 +490,13 @@ impl Conn {
         match self.send(&message) {
             Ok(()) => {}
             Err(MessageError::TooLarge { size, max }) => {
-                tracing::warn!(conn = self.conn_id, seq, size, max, "reply too large to send");
+                tracing::warn!(
+                    conn = self.conn_id,
+                    seq,
+                    size,
+                    max,
+                    "reply too large to send"
+                );
                 let refusal = plain_exception(
                     "ValueError",
                     &format!(
@@ -491,7 +519,11 @@ impl Conn {
     /// Sends a Python exception as vinegar (StopIteration as the bare marker) and logs it.
     fn reply_exception(&self, py: Python<'_>, seq: u64, handler: i64, err: &PyErr) {
         let Ok(state) = self.state(py) else {
-            self.reply(seq, MessageKind::Exception, plain_exception("RuntimeError", "connection not set up"));
+            self.reply(
+                seq,
+                MessageKind::Exception,
+                plain_exception("RuntimeError", "connection not set up"),
+            );
             return;
         };
         let value = err.value(py);
@@ -543,7 +575,11 @@ impl Conn {
             self.arrived.notify_all();
         }
         let objects = std::mem::take(&mut *lock(&self.objects));
-        tracing::debug!(conn = self.conn_id, objects = objects.len(), "freeing the connection's objects");
+        tracing::debug!(
+            conn = self.conn_id,
+            objects = objects.len(),
+            "freeing the connection's objects"
+        );
         drop(objects);
         if let Some(state) = self.state.get() {
             let _ = state.client.bind(py).call_method0("close");

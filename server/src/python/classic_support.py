@@ -657,13 +657,14 @@ del _builtin, _name_pack
 
 
 def netref_id_pack(obj, conn):
-    """The id_pack of obj if it is a netref of `conn` (boxed back as LABEL_LOCAL_REF), else None."""
+    """(whether obj is a netref of `conn`, its id_pack) for a netref, else None. A netref of
+    `conn` goes back to the client as its own object (LABEL_LOCAL_REF)."""
     try:
-        if object.__getattribute__(obj, "____conn__") is conn:
-            return object.__getattribute__(obj, "____id_pack__")
+        pack = object.__getattribute__(obj, "____id_pack__")
+        owner = object.__getattribute__(obj, "____conn__")
     except AttributeError:
-        pass
-    return None
+        return None
+    return owner is conn, pack
 
 
 def new_connection(conn_id, sync, async_):

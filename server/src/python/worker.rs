@@ -102,7 +102,7 @@ impl Worker {
     /// Queues a request; its reply goes to the [`ReplyFn`].
     ///
     /// # Errors
-    /// [`WorkerGone`] if the thread has stopped.
+    /// If the thread has stopped.
     pub fn submit(&self, id: RequestId, op: Op) -> Result<(), WorkerGone> {
         let span = tracing::debug_span!("request", conn = self.shared.conn_id, id = id.0);
         self.tx

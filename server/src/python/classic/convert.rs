@@ -184,7 +184,9 @@ pub(super) fn id_pack(obj: &Bound<'_, PyAny>) -> PyResult<(String, i64, i64)> {
         );
         return Ok((name_pack, id_of(obj), 0));
     }
-    let cls = obj.getattr("__class__").unwrap_or_else(|_| ty.clone().into_any());
+    let cls = obj
+        .getattr("__class__")
+        .unwrap_or_else(|_| ty.clone().into_any());
     let name_pack = format!(
         "{}.{}",
         text(cls.getattr("__module__")),
@@ -248,7 +250,10 @@ impl Conn {
                 let key = object_key(&pack_value)
                     .ok_or_else(|| PyValueError::new_err("malformed netref id_pack"))?;
                 self.register(key, obj);
-                return Ok(Value::Tuple(vec![Value::Int(label::REMOTE_REF), pack_value]));
+                return Ok(Value::Tuple(vec![
+                    Value::Int(label::REMOTE_REF),
+                    pack_value,
+                ]));
             }
         }
         let pack = id_pack(obj)?;
@@ -325,7 +330,9 @@ impl Conn {
         if depth > MAX_DEPTH {
             return Err(PyRecursionError::new_err("boxed value nested too deeply"));
         }
-        let Some([label, payload]) = boxed.as_tuple().and_then(|t| <&[Value; 2]>::try_from(t).ok())
+        let Some([label, payload]) = boxed
+            .as_tuple()
+            .and_then(|t| <&[Value; 2]>::try_from(t).ok())
         else {
             return Err(PyValueError::new_err(format!(
                 "invalid boxed value {}",
@@ -347,7 +354,10 @@ impl Conn {
             Some(label::LOCAL_REF) => self.local_object(py, payload),
             Some(label::REMOTE_REF) => {
                 let pack = to_python(py, payload)?;
-                self.state(py)?.client.bind(py).call_method1("proxy", (pack,))
+                self.state(py)?
+                    .client
+                    .bind(py)
+                    .call_method1("proxy", (pack,))
             }
             _ => Err(PyValueError::new_err(format!(
                 "invalid label {}",

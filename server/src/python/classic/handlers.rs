@@ -43,17 +43,17 @@ impl Conn {
             handler::INSPECT => {
                 let args = self.unbox(py, boxed_args, 0)?;
                 let args = args.cast::<PyTuple>()?;
-                let id_pack = super::convert::dumpable(&arg(&args, 0, "INSPECT")?, 0)?
-                    .unwrap_or(Value::None);
+                let id_pack =
+                    super::convert::dumpable(&arg(args, 0, "INSPECT")?, 0)?.unwrap_or(Value::None);
                 let obj = self.local_object(py, &id_pack)?;
                 return self.support_call(py, "handle_inspect", (obj,));
             }
             _ => {}
         }
         let args = self.unbox(py, boxed_args, 0)?;
-        let args = args.cast_into::<PyTuple>().map_err(|_| {
-            PyTypeError::new_err("the arguments of a request must be a tuple")
-        })?;
+        let args = args
+            .cast_into::<PyTuple>()
+            .map_err(|_| PyTypeError::new_err("the arguments of a request must be a tuple"))?;
         let name = handler::name(handler);
         let a = |i: usize| arg(&args, i, name);
         let opt = |i: usize| args.get_item(i).ok();
@@ -106,11 +106,7 @@ impl Conn {
         name: &str,
         args: impl pyo3::call::PyCallArgs<'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.state(py)?
-            .support
-            .bind(py)
-            .getattr(name)?
-            .call1(args)
+        self.state(py)?.support.bind(py).getattr(name)?.call1(args)
     }
 
     /// `HANDLE_DEL(obj, count=1)`: the client dropped its proxy, which it had received `count`
@@ -202,7 +198,10 @@ fn access<'py>(
     match what {
         Access::Get => obj.getattr(name),
         Access::Set => {
-            obj.setattr(name, value.map_or_else(|| py.None().into_bound(py), Clone::clone))?;
+            obj.setattr(
+                name,
+                value.map_or_else(|| py.None().into_bound(py), Clone::clone),
+            )?;
             Ok(py.None().into_bound(py))
         }
         Access::Del => {
