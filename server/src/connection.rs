@@ -5,7 +5,7 @@
 //! [`Worker`](crate::python::Worker), which writes each reply itself through the
 //! [`Outbox`](outbox::Outbox).
 
-mod outbox;
+pub(crate) mod outbox;
 
 use std::sync::Arc;
 
@@ -82,7 +82,15 @@ async fn serve_native(
     config: Arc<ServerConfig>,
     stop: CancellationToken,
 ) -> Result<&'static str, ConnectionError> {
-    handshake(&mut socket, &config).await?;
+    let welcome = Message::Welcome(ServerInfo {
+        server: crate::SERVER_NAME.to_owned(),
+        python_version: config.python_version.clone(),
+        connection_id: conn_id,
+    });
+    // Without a token, our greeting and the welcome leave in one write: connecting costs the
+    // TCP handshake plus one round trip.
+    let welcome_sent = config.token.is_none();
+    handshake(&mut socket, &config, welcome_sent.then_some(&welcome)).await?;
     if let Some(token) = &config.token {
         crate::auth::authenticate(
             &mut socket,
@@ -102,6 +110,10 @@ async fn serve_native(
         async move { outbox.run(done).await }
     });
 
+    if !welcome_sent {
+        outbox.send(&welcome);
+    }
+    // The thread starts while the welcome is on its way; requests queue until it is ready.
     let reply_outbox = Arc::clone(&outbox);
     let worker = Worker::spawn(
         conn_id,
@@ -110,11 +122,6 @@ async fn serve_native(
         }),
     )
     .map_err(ConnectionError::Worker)?;
-    outbox.send(&Message::Welcome(ServerInfo {
-        server: crate::SERVER_NAME.to_owned(),
-        python_version: config.python_version.clone(),
-        connection_id: conn_id,
-    }));
 
     let mut frames = FramedRead::new(read, codec::framing(config.max_frame_bytes));
     let outcome = loop {
@@ -201,11 +208,12 @@ async fn serve_native(
     outcome
 }
 
-/// Exchanges greetings; on a version mismatch the client still gets our greeting (to report
-/// both versions) before the connection closes.
+/// Exchanges greetings, sending `then` in the same write as ours; on a version mismatch the
+/// client still gets our greeting (to report both versions) before the connection closes.
 async fn handshake(
     socket: &mut (impl AsyncRead + AsyncWrite + Unpin),
     config: &ServerConfig,
+    then: Option<&Message>,
 ) -> Result<(), ConnectionError> {
     let mut theirs = [0u8; GREETING_LEN];
     match tokio::time::timeout(config.handshake_timeout, socket.read_exact(&mut theirs)).await {
@@ -215,7 +223,12 @@ async fn handshake(
     }
     match check_greeting(&theirs) {
         Ok(_) => {
-            socket.write_all(&greeting()).await?;
+            let mut out = BytesMut::from(&greeting()[..]);
+            if let Some(message) = then {
+                codec::encode_frame(message, config.max_frame_bytes, &mut out)
+                    .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
+            }
+            socket.write_all(&out).await?;
             socket.flush().await?;
             Ok(())
         }
@@ -254,15 +267,7 @@ async fn refuse_on(
     config: &ServerConfig,
     reason: String,
 ) -> Result<(), ConnectionError> {
-    handshake(&mut socket, config).await?;
-    let mut buf = BytesMut::new();
-    codec::encode_frame(
-        &Message::Goodbye { reason },
-        config.max_frame_bytes,
-        &mut buf,
-    )
-    .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
-    socket.write_all(&buf).await?;
+    handshake(&mut socket, config, Some(&Message::Goodbye { reason })).await?;
     socket.shutdown().await?;
     Ok(())
 }

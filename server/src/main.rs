@@ -75,7 +75,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 "TLS only: clients connect with rpycs://"
             );
         }
-        server::run(listener, config, shutdown_signal()).await;
+        // The accept loop runs on a worker thread, so each connection task starts on the thread
+        // that accepted it instead of waking another one.
+        tokio::spawn(server::run(listener, config, shutdown_signal()))
+            .await
+            .context("the server task failed")?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
