@@ -86,7 +86,7 @@ def test_eval_simple_types_by_value(conn, expr, expected):
     assert value == expected or value is expected
     # And back: the value travels to the server and is compared there.
     conn.namespace["probe"] = value
-    assert conn.eval(f"probe == ({expr}) or probe is ({expr})") is True
+    assert conn.eval(f"probe == ({expr})") is True
 
 
 def test_nan_travels(conn):
@@ -236,7 +236,6 @@ def test_netref_operations(conn):
     # attributes
     assert p.x == 3
     p.x = 6
-    assert conn.eval("[p for p in [None]]") == [None] or True  # the namespace is untouched
     assert p.x == 6
     p.x = 3
     p.extra = "e"
@@ -276,7 +275,7 @@ def test_builtin_containers(conn):
     lst = conn.eval("[3, 1, 2]")
     assert len(lst) == 3
     assert lst[0] == 3 and lst[-1] == 2
-    assert lst[1:] == [1, 2] or list(lst[1:]) == [1, 2]
+    assert list(lst[1:]) == [1, 2]
     assert 1 in lst and 9 not in lst
     assert list(lst) == [3, 1, 2]
     assert sorted(lst) == [1, 2, 3]
@@ -364,8 +363,7 @@ def test_callbacks(conn):
     # The server iterates and measures a client-side list.
     assert conn.builtins.sum([1, 2, 3]) == 6
     assert conn.builtins.len([1, 2, 3, 4]) == 4
-    assert conn.builtins.sorted([3, 1, 2], reverse=True) == [3, 2, 1] or list(
-        conn.builtins.sorted([3, 1, 2], reverse=True)) == [3, 2, 1]
+    assert list(conn.builtins.sorted([3, 1, 2], reverse=True)) == [3, 2, 1]
 
     class Local:
         def __init__(self):
@@ -529,3 +527,95 @@ def test_server_survives_a_client_leaving_mid_call(server):
     finally:
         other.close()
     assert server.alive()
+
+
+def test_more_client_helpers(conn):
+    from rpyc.utils.helpers import buffiter
+
+    # BUFFITER: items fetched in chunks.
+    assert list(buffiter(conn.eval("iter(range(10))"), chunk=3)) == list(range(10))
+    # Asynchronous requests.
+    result = rpyc.async_(conn.builtins.sum)((1, 2, 3))
+    result.wait()
+    assert result.value == 6
+    # Classes by reference: called, compared, used with isinstance.
+    remote_int = conn.eval("int")
+    assert remote_int("42") == 42
+    conn.execute("class Base:\n    pass\nclass Derived(Base):\n    pass\n")
+    Base = conn.namespace["Base"]
+    assert isinstance(conn.eval("Base()"), Base)
+    # A subclass instance goes through HANDLE_INSTANCECHECK, which stock answers False unless
+    # the instance's class was seen before (a documented rpyc limitation); we answer alike.
+    assert isinstance(conn.eval("Derived()"), Base) is False
+    assert conn.eval("issubclass")(conn.namespace["Derived"], Base)
+    # Mapping types other than dict, through INSPECT.
+    environ = conn.modules.os.environ
+    assert environ.get("NO_SUCH_VARIABLE_HOPEFULLY") is None
+    assert "PATH" in environ
+    # getconn() and the root's own attributes stay protected as on stock.
+    with pytest.raises(AttributeError):
+        conn.root.namespace = {}
+
+
+def test_client_leaving_during_a_callback(server):
+    leaver = server.connect()
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(1.0)
+        return 1
+
+    leaver.namespace["slow"] = slow
+
+    def run():
+        try:
+            leaver.execute("slow()")
+        except BaseException:  # noqa: B036 - the connection is torn down under it
+            pass
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert started.wait(10)
+    # The server now waits for slow()'s reply; the client goes away instead.
+    leaver._channel.stream.sock.shutdown(2)
+    worker.join(10)
+    others = [server.connect() for _ in range(4)]
+    try:
+        results = []
+
+        def use(c, n):
+            results.append(sum(c.eval(f"{n} + {i}") for i in range(50)))
+
+        threads = [threading.Thread(target=use, args=(c, n)) for n, c in enumerate(others)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(results) == sorted(50 * n + sum(range(50)) for n in range(4))
+    finally:
+        for c in others:
+            c.close()
+    assert server.alive()
+    assert "panic" not in server.log()
+
+
+def test_threads_with_callbacks(conn):
+    conn.namespace["double"] = lambda x: 2 * x
+    errors = []
+
+    def work(t):
+        try:
+            for i in range(25):
+                assert conn.eval(f"double({t} * 100 + {i})") == 2 * (t * 100 + i)
+                assert conn.builtins.sum([t, i]) == t + i
+        except BaseException as e:  # noqa: B036 - report anything to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []

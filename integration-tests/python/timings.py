@@ -12,6 +12,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,43 +23,69 @@ from conftest import start_ours, start_stock  # noqa: E402
 
 SMALL_RUNS = 2000
 BIG_RUNS = 7
+ROUNDS = 20
 SIZE = 16 * 1024 * 1024
 
 
-def median_us(fn, runs):
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
+def threaded_callbacks(conn, threads=4, calls=25):
+    """Wall time of `threads` client threads each making `calls` calls that call back."""
+    def work():
+        for i in range(calls):
+            conn.eval(f"f({i})")
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
 
 
-def measure(server, tmp):
+def setup(server, tmp):
+    """The same objects on each server; returns {name: (callable, runs)}."""
     conn = server.connect()
+    sys_mod = conn.modules.sys
+    abs_ = conn.builtins.abs
+    lst = conn.eval("list(range(100))")
+    remote = str(tmp / f"{server.name}-blob.bin")
+    conn.execute(f"open({remote!r}, 'wb').write(bytes(range(256)) * {SIZE // 256})")
+    local = str(tmp / f"{server.name}-copy.bin")
+    conn.namespace["f"] = lambda x: x * 2
+    for _ in range(200):  # warm up
+        conn.eval("1+1")
+    calls = {
+        "eval('1+1')": (lambda: conn.eval("1+1"), SMALL_RUNS),
+        "getattr sys.platform": (lambda: sys_mod.platform, SMALL_RUNS),
+        "call abs(-1)": (lambda: abs_(-1), SMALL_RUNS),
+        "len(remote list)": (lambda: len(lst), SMALL_RUNS),
+        "ping": (conn.ping, SMALL_RUNS // 4),
+        "callback eval('f(1)')": (lambda: conn.eval("f(1)"), SMALL_RUNS // 4),
+        "4 threads x callbacks": (lambda: threaded_callbacks(conn), 3),
+        "download 16 MiB": (lambda: rpyc.classic.download(conn, remote, local), BIG_RUNS),
+        "eval 8 MiB bytes": (lambda: conn.eval(f"b'x' * {SIZE // 2}"), BIG_RUNS),
+    }
+    return conn, calls
+
+
+def measure(servers, tmp):
+    """Medians per server and call. Servers take turns in short rounds, so that load from
+    elsewhere on the machine hits both alike."""
+    setups = {s.name: setup(s, tmp) for s in servers}
+    samples = {name: {} for name in setups}
     try:
-        sys_mod = conn.modules.sys
-        abs_ = conn.builtins.abs
-        lst = conn.eval("list(range(100))")
-        remote = str(tmp / f"{server.name}-blob.bin")
-        conn.execute(f"open({remote!r}, 'wb').write(bytes(range(256)) * {SIZE // 256})")
-        local = tmp / f"{server.name}-copy.bin"
-        for _ in range(200):  # warm up
-            conn.eval("1+1")
-        results = {
-            "eval('1+1')": median_us(lambda: conn.eval("1+1"), SMALL_RUNS),
-            "getattr sys.platform": median_us(lambda: sys_mod.platform, SMALL_RUNS),
-            "call abs(-1)": median_us(lambda: abs_(-1), SMALL_RUNS),
-            "len(remote list)": median_us(lambda: len(lst), SMALL_RUNS),
-            "ping": median_us(conn.ping, SMALL_RUNS // 4),
-            "download 16 MiB": median_us(
-                lambda: rpyc.classic.download(conn, remote, str(local)), BIG_RUNS),
-            "eval 8 MiB bytes": median_us(lambda: conn.eval(f"b'x' * {SIZE // 2}"), BIG_RUNS),
-        }
-        assert local.stat().st_size == SIZE
-        return results
+        for key in next(iter(setups.values()))[1]:
+            runs = next(iter(setups.values()))[1][key][1]
+            rounds = min(ROUNDS, runs)
+            for _ in range(rounds):
+                for name, (_, calls) in setups.items():
+                    fn = calls[key][0]
+                    for _ in range(max(1, runs // rounds)):
+                        start = time.perf_counter()
+                        fn()
+                        samples[name].setdefault(key, []).append(time.perf_counter() - start)
     finally:
-        conn.close()
+        for conn, _ in setups.values():
+            conn.close()
+    return {name: {k: statistics.median(v) * 1e6 for k, v in per.items()}
+            for name, per in samples.items()}
 
 
 def main():
@@ -66,7 +93,7 @@ def main():
         tmp = Path(tmp)
         servers = [start_ours(tmp), start_stock(tmp)]
         try:
-            table = {s.name: measure(s, tmp) for s in servers}
+            table = measure(servers, tmp)
         finally:
             for s in servers:
                 s.stop()

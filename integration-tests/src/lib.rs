@@ -130,12 +130,15 @@ impl TestServer {
                 let mut started = Some(started_tx);
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(tx) = started.take_if(|_| line.contains("server started on")) {
-                        let _ = tx.send(line.clone());
+                    // Record the line before announcing the start, so stdout() has it.
+                    {
+                        let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+                        b.push_str(&line);
+                        b.push('\n');
                     }
-                    let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
-                    b.push_str(&line);
-                    b.push('\n');
+                    if let Some(tx) = started.take_if(|_| line.contains("server started on")) {
+                        let _ = tx.send(line);
+                    }
                 }
             });
         }

@@ -81,8 +81,9 @@ async fn connection_cycles_leave_threads_and_memory_flat() -> anyhow::Result<()>
     for i in 0..1000 {
         cycle(i).await?;
     }
+    // Spare executor threads exit after 10 s idle: wait up to 20 s for the count to settle.
     let mut after = threads_and_rss_kb(pid)?;
-    for _ in 0..250 {
+    for _ in 0..1000 {
         if after.0 <= threads_before {
             break;
         }
@@ -190,5 +191,64 @@ async fn ten_thousand_random_frames() -> anyhow::Result<()> {
         "only {sent} frames sent over {connections} connections"
     );
     println!("{sent} random frames over {connections} connections");
+    assert_healthy(&server).await
+}
+
+/// A client that sends requests for big results and never reads the replies: the server stops
+/// reading from it once its unsent replies pass the high-water mark, so memory stays bounded,
+/// and other clients are served meanwhile.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_grow_server_memory() -> anyhow::Result<()> {
+    // 4 MiB frames: the high-water mark is then 64 MiB.
+    let server = TestServer::builder()
+        .arg("--max-frame-bytes")
+        .arg((4 << 20).to_string())
+        .start()?;
+    let pid = server.pid();
+    let (_, rss_before) = threads_and_rss_kb(pid)?;
+    let Raw { read, mut write } = Raw::connect(&server).await?;
+    // 400 requests for 1 MiB results each: 400 MiB if the server buffered them all.
+    let request = |i: u64| {
+        codec::encode(&Message::Request {
+            id: RequestId(i),
+            op: Op::Eval {
+                expr: "b'z' * (1 << 20)".into(),
+                mode: ReturnMode::Value,
+            },
+        })
+    };
+    let writer = tokio::spawn(async move {
+        for i in 0..400 {
+            let payload = request(i)?;
+            let len = u32::try_from(payload.len())?.to_be_bytes();
+            // Once the server stops reading, these writes block: give up after a while.
+            let sent = tokio::time::timeout(Duration::from_secs(5), async {
+                write.write_all(&len).await?;
+                write.write_all(&payload).await
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return anyhow::Ok((i, write));
+            }
+        }
+        anyhow::Ok((400, write))
+    });
+    // Watch for three seconds: long enough for the server to work through whatever it read.
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(threads_and_rss_kb(pid)?.1);
+    }
+    // Meanwhile another client is served.
+    assert_healthy(&server).await?;
+    let (sent, write) = writer.await??;
+    peak = peak.max(threads_and_rss_kb(pid)?.1);
+    println!("sent {sent} requests unread; RSS {rss_before} kB -> peak {peak} kB");
+    assert!(
+        peak < rss_before + 200 * 1024,
+        "RSS grew from {rss_before} kB to {peak} kB"
+    );
+    drop((read, write));
     assert_healthy(&server).await
 }

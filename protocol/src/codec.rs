@@ -10,10 +10,12 @@
 //! bincode lives in this file, so a change of encoding touches one place.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::ser::{SerializeStructVariant, Serializer};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::error::ProtocolError;
-use crate::message::Message;
+use crate::message::{Message, RequestId};
 
 /// Default maximum frame size: 256 MiB, room for bulk `bytes`.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -62,19 +64,47 @@ pub fn encode_frame(
     max_frame_bytes: usize,
     dst: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
+    encode_frame_with(message, max_frame_bytes, dst)
+}
+
+/// Encodes any serializable value as a complete frame at the end of `dst`, exactly as
+/// [`encode_frame`] would encode a [`Message`] that serializes the same way. The payload is
+/// written straight into `dst`, with no intermediate buffer; once it is known to exceed the
+/// limit, the rest is only counted, so an oversized value costs no memory beyond the limit.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] (with the full encoded size) if the payload exceeds
+/// `max_frame_bytes`, [`ProtocolError::Encode`] if `value` fails to serialize; either way `dst`
+/// is left as it was.
+pub fn encode_frame_with<T: Serialize + ?Sized>(
+    value: &T,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+) -> Result<(), ProtocolError> {
+    encode_frame_inner(value, max_frame_bytes, dst, None)
+}
+
+fn encode_frame_inner<T: Serialize + ?Sized>(
+    value: &T,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+    share: Option<ShareFn<'_>>,
+) -> Result<(), ProtocolError> {
     let start = dst.len();
-    dst.put_u32(0);
-    let mut writer = dst.writer();
-    let written = bincode::serde::encode_into_std_write(message, &mut writer, config());
-    let dst = writer.into_inner();
-    let size = match written {
-        Ok(size) => size,
-        Err(e) => {
-            dst.truncate(start);
-            return Err(e.into());
-        }
-    };
     let max = max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT);
+    dst.put_u32(0);
+    let mut writer = FrameWriter {
+        dst,
+        size: 0,
+        max,
+        share,
+    };
+    let written = bincode::serde::encode_into_writer(value, &mut writer, config());
+    let size = writer.size;
+    if let Err(e) = written {
+        dst.truncate(start);
+        return Err(e.into());
+    }
     match u32::try_from(size) {
         Ok(len) if size <= max => {
             dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
@@ -84,6 +114,102 @@ pub fn encode_frame(
             dst.truncate(start);
             Err(ProtocolError::TooLarge { size, max })
         }
+    }
+}
+
+/// Encodes `Message::Response { id, result: Ok(value) }` as a complete frame at the end of
+/// `dst`, for any `value` that serializes as a [`Value`](crate::Value) does: a server can write
+/// a result straight from its own objects, with no `Value` tree in between. The bytes are those
+/// [`encode_frame`] produces for the equivalent message.
+///
+/// # Errors
+/// As [`encode_frame_with`]; `dst` is then left as it was.
+pub fn encode_response_frame<T: Serialize + ?Sized>(
+    id: RequestId,
+    value: &T,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+) -> Result<(), ProtocolError> {
+    encode_frame_with(&OkResponse { id, value }, max_frame_bytes, dst)
+}
+
+/// Byte strings at least this long are offered to the `share` callback of
+/// [`encode_response_frame_sharing`].
+pub const SHARE_MIN_BYTES: usize = 64 * 1024;
+
+/// [`encode_response_frame`], except that large byte strings need not be copied into `dst`.
+/// Each byte string of at least [`SHARE_MIN_BYTES`] is offered to `share` with the position in
+/// `dst` where it belongs; if `share` returns true, the caller has kept a reference to those
+/// bytes and will send them itself between `dst[..position]` and `dst[position..]`, and they
+/// are left out of `dst` (the length prefix still counts them).
+///
+/// # Errors
+/// As [`encode_frame_with`]; `dst` is then left as it was, and whatever `share` took for this
+/// frame (positions past the length `dst` had) must be dropped by the caller.
+pub fn encode_response_frame_sharing<T: Serialize + ?Sized>(
+    id: RequestId,
+    value: &T,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+    share: &mut dyn FnMut(&[u8], usize) -> bool,
+) -> Result<(), ProtocolError> {
+    encode_frame_inner(&OkResponse { id, value }, max_frame_bytes, dst, Some(share))
+}
+
+/// Serializes as `Message::Response { id, result: Ok(value) }` (derived `Serialize` shape).
+struct OkResponse<'a, T: ?Sized> {
+    id: RequestId,
+    value: &'a T,
+}
+
+impl<T: Serialize + ?Sized> Serialize for OkResponse<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// `Response` is variant 2 of `Message` (pinned by a test below).
+        const RESPONSE_VARIANT: u32 = 2;
+        let mut response =
+            serializer.serialize_struct_variant("Message", RESPONSE_VARIANT, "Response", 2)?;
+        response.serialize_field("id", &self.id)?;
+        response.serialize_field("result", &OkResult(self.value))?;
+        response.end()
+    }
+}
+
+/// Serializes as `Result::<T, _>::Ok(value)`.
+struct OkResult<'a, T: ?Sized>(&'a T);
+
+impl<T: Serialize + ?Sized> Serialize for OkResult<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("Result", 0, "Ok", self.0)
+    }
+}
+
+/// Offered each large byte string with its position; true if the caller took it.
+type ShareFn<'s> = &'s mut dyn FnMut(&[u8], usize) -> bool;
+
+/// Appends a payload to the frame buffer (or lets `share` take large byte strings); past the
+/// limit it only counts.
+struct FrameWriter<'a, 's> {
+    dst: &'a mut BytesMut,
+    size: usize,
+    max: usize,
+    share: Option<ShareFn<'s>>,
+}
+
+impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.size = self.size.saturating_add(bytes.len());
+        if self.size > self.max {
+            return Ok(());
+        }
+        if bytes.len() >= SHARE_MIN_BYTES
+            && let Some(share) = &mut self.share
+            && share(bytes, self.dst.len())
+        {
+            return Ok(());
+        }
+        self.dst.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -112,4 +238,154 @@ pub fn peek_request_id(payload: &[u8]) -> Option<crate::RequestId> {
     let ((variant, id), _): ((u32, u64), usize) =
         bincode::serde::decode_from_slice(payload, config()).ok()?;
     (variant == REQUEST_VARIANT).then_some(crate::RequestId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NetRef, NetRefId, ServerError, Value};
+
+    fn frame(message: &Message) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_frame(message, DEFAULT_MAX_FRAME_BYTES, &mut out).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn a_response_frame_matches_the_message_encoding() {
+        let values = [
+            Value::None,
+            Value::Int(-1),
+            Value::Bytes(vec![1; 300]),
+            Value::List(vec![
+                Value::Dict(vec![(
+                    Value::Str("k".into()),
+                    Value::BigInt("1".repeat(40)),
+                )]),
+                Value::Complex { re: 1.0, im: -0.5 },
+                Value::Ref(NetRef {
+                    id: NetRefId(u64::MAX),
+                    type_name: "builtins.object".into(),
+                }),
+            ]),
+        ];
+        for (i, value) in values.into_iter().enumerate() {
+            let id = RequestId(i as u64 * 1000);
+            let mut got = BytesMut::from(&b"before"[..]);
+            encode_response_frame(id, &value, DEFAULT_MAX_FRAME_BYTES, &mut got).expect("encodes");
+            let want = frame(&Message::Response {
+                id,
+                result: Ok(value),
+            });
+            assert_eq!(&got[..6], b"before");
+            assert_eq!(got[6..], want[..]);
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_reports_its_full_size_and_leaves_the_buffer() {
+        let value = Value::Bytes(vec![0; 1000]);
+        let full = frame(&Message::Response {
+            id: RequestId(7),
+            result: Ok(value.clone()),
+        })
+        .len()
+            - LENGTH_PREFIX_BYTES;
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        let err = encode_response_frame(RequestId(7), &value, 100, &mut dst).expect_err("too big");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { size, max: 100 } if size == full),
+            "{err:?}"
+        );
+        assert_eq!(&dst[..], b"keep");
+    }
+
+    #[test]
+    fn a_failing_value_leaves_the_buffer() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error, SerializeSeq};
+                let mut seq = serializer.serialize_seq(Some(2))?;
+                seq.serialize_element(&1u8)?;
+                Err(S::Error::custom("nope"))
+            }
+        }
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        let err =
+            encode_response_frame(RequestId(1), &Fails, 1 << 20, &mut dst).expect_err("fails");
+        assert!(matches!(err, ProtocolError::Encode(_)), "{err:?}");
+        assert_eq!(&dst[..], b"keep");
+    }
+
+    #[test]
+    fn shared_byte_strings_go_where_they_belong() {
+        let big = vec![7u8; SHARE_MIN_BYTES];
+        let value = Value::List(vec![
+            Value::Bytes(vec![1; 10]),
+            Value::Bytes(big.clone()),
+            Value::Str("between".into()),
+            Value::Bytes(big.clone()),
+        ]);
+        let want = frame(&Message::Response {
+            id: RequestId(5),
+            result: Ok(value.clone()),
+        });
+        let mut dst = BytesMut::from(&b"prefix"[..]);
+        let mut taken = Vec::new();
+        encode_response_frame_sharing(RequestId(5), &value, 1 << 20, &mut dst, &mut |b, at| {
+            taken.push((at, b.to_vec()));
+            true
+        })
+        .expect("encodes");
+        assert_eq!(taken.len(), 2, "only the large strings are offered");
+        // Splice the taken strings back in: the stream is what `encode_frame` writes.
+        let mut stream = Vec::new();
+        let mut pos = 6;
+        for (at, bytes) in &taken {
+            stream.extend_from_slice(&dst[pos..*at]);
+            stream.extend_from_slice(bytes);
+            pos = *at;
+        }
+        stream.extend_from_slice(&dst[pos..]);
+        assert_eq!(stream, want[..]);
+        assert_eq!(dst.len() - 6 + 2 * big.len(), want.len());
+
+        // Declined offers are copied as usual.
+        let mut dst = BytesMut::new();
+        encode_response_frame_sharing(RequestId(5), &value, 1 << 20, &mut dst, &mut |_, _| false)
+            .expect("encodes");
+        assert_eq!(dst, want);
+
+        // Too large: nothing is offered past the limit, and the buffer is left as it was.
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        let mut offered = 0;
+        let err =
+            encode_response_frame_sharing(RequestId(5), &value, 1000, &mut dst, &mut |_, _| {
+                offered += 1;
+                true
+            })
+            .expect_err("too large");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { max: 1000, .. }),
+            "{err:?}"
+        );
+        assert_eq!(offered, 0);
+        assert_eq!(&dst[..], b"keep");
+    }
+
+    #[test]
+    fn errors_still_encode_through_the_message() {
+        let message = Message::Response {
+            id: RequestId(3),
+            result: Err(ServerError::Cancelled),
+        };
+        let mut got = BytesMut::new();
+        encode_frame_with(&message, DEFAULT_MAX_FRAME_BYTES, &mut got).expect("encodes");
+        assert_eq!(got, frame(&message));
+        assert_eq!(
+            decode(&got[LENGTH_PREFIX_BYTES..]).expect("decodes"),
+            message
+        );
+    }
 }

@@ -30,6 +30,8 @@
 //! # Ok::<(), rpyc_protocol::ProtocolError>(())
 //! ```
 
+#![deny(clippy::unwrap_used)]
+
 pub mod auth;
 pub mod brine;
 pub mod codec;

@@ -5,7 +5,7 @@ mod de;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::netref::NetRef;
 
@@ -19,7 +19,9 @@ pub use de::FromValueError;
 ///
 /// A `Value` can be turned into any `serde::Deserialize` type with [`Value::deserialize_into`];
 /// conversions from Rust types (for arguments) are `From` impls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// `Deserialize` is written by hand (in `de.rs`): it reads what the derived one would, with a
+// nesting limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Value {
     /// `None`.
     None,

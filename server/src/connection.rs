@@ -7,6 +7,7 @@
 
 pub(crate) mod outbox;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -49,6 +50,41 @@ pub(crate) async fn serve(
         return crate::rpyc_compat::serve(socket, conn_id, config, stop).await;
     }
     serve_native(socket, peer, conn_id, config, stop).await
+}
+
+/// Requests run ahead of their replies at most this far while replies go out at once.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Something read from the client and not yet given to the worker.
+enum Held {
+    Request {
+        id: rpyc_protocol::RequestId,
+        op: rpyc_protocol::Op,
+        bytes: usize,
+    },
+    Release(Vec<rpyc_protocol::NetRefId>),
+}
+
+impl Held {
+    fn bytes(&self) -> usize {
+        match self {
+            Held::Request { bytes, .. } => *bytes,
+            Held::Release(_) => 0,
+        }
+    }
+}
+
+/// Whether the worker may start another request now (see the flow control in `serve_native`).
+fn may_start(worker: &Worker, outbox: &Outbox) -> bool {
+    let backlog = outbox.backlog();
+    let limit = if backlog >= outbox.high_water() {
+        0
+    } else if backlog > 0 {
+        1
+    } else {
+        MAX_IN_FLIGHT
+    };
+    worker.in_flight() < limit
 }
 
 /// A byte stream a native connection runs over: plain TCP or TLS.
@@ -114,27 +150,50 @@ async fn serve_native(
         outbox.send(&welcome);
     }
     // The thread starts while the welcome is on its way; requests queue until it is ready.
-    let reply_outbox = Arc::clone(&outbox);
-    let worker = Worker::spawn(
-        conn_id,
-        Box::new(move |id, result| {
-            reply_outbox.send(&Message::Response { id, result });
-        }),
-    )
-    .map_err(ConnectionError::Worker)?;
+    let worker =
+        Worker::spawn(conn_id, Arc::clone(&outbox) as _).map_err(ConnectionError::Worker)?;
 
     let mut frames = FramedRead::new(read, codec::framing(config.max_frame_bytes));
+    // Flow control: requests the worker may not start yet wait here, in order with releases.
+    // While replies go out at once, up to MAX_IN_FLIGHT requests run ahead (pipelining); while
+    // some wait to be written (a slow reader), one at a time; above the outbox's high-water
+    // mark, none, and once the held requests pass a frame's worth of bytes the socket is no
+    // longer read. So a client that does not read its replies cannot make the server buffer
+    // without bound, while ping and cancel are still read until then.
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let mut held_bytes = 0usize;
     let outcome = loop {
-        // A client that does not read its replies stops being read from.
-        outbox.wait_for_room().await;
+        while !held.is_empty() && may_start(&worker, &outbox) {
+            match held.pop_front() {
+                Some(Held::Request { id, op, bytes }) => {
+                    held_bytes -= bytes;
+                    if let Err(e) = worker.submit(id, op) {
+                        outbox.send(&Message::Response {
+                            id,
+                            result: Err(ServerError::InvalidRequest(e.to_string())),
+                        });
+                    }
+                }
+                Some(Held::Release(ids)) => worker.release(ids),
+                None => break,
+            }
+        }
+        let reading = held_bytes <= config.max_frame_bytes;
+        let outbox_full = outbox.backlog() >= outbox.high_water();
         let frame = tokio::select! {
-            frame = frames.next() => frame,
+            biased;
             () = stop.cancelled() => {
                 outbox.send(&Message::Goodbye {
                     reason: "server shutting down".to_owned(),
                 });
                 break Ok("server shutting down");
             }
+            () = worker.answered(), if !held.is_empty() => continue,
+            () = outbox.wait_for_room(), if worker.is_congested() || (!held.is_empty() && outbox_full) => {
+                worker.resume();
+                continue;
+            }
+            frame = frames.next(), if reading => frame,
         };
         let frame = match frame {
             None => break Ok("client disconnected"),
@@ -158,20 +217,30 @@ async fn serve_native(
         };
         match codec::decode(&frame) {
             Ok(Message::Request { id, op }) => {
-                if let Err(e) = worker.submit(id, op) {
-                    outbox.send(&Message::Response {
-                        id,
-                        result: Err(ServerError::InvalidRequest(e.to_string())),
-                    });
-                    break Ok("python worker stopped");
-                }
+                held_bytes += frame.len();
+                held.push_back(Held::Request {
+                    id,
+                    op,
+                    bytes: frame.len(),
+                });
             }
             Ok(Message::Ping { id }) => outbox.send(&Message::Pong { id }),
             Ok(Message::Cancel { id }) => {
                 debug!(request = id.0, "cancel requested");
-                worker.cancel(id);
+                let before = held.len();
+                held.retain(|h| !matches!(h, Held::Request { id: held_id, .. } if *held_id == id));
+                if held.len() == before {
+                    worker.cancel(id);
+                } else {
+                    held_bytes = held.iter().map(Held::bytes).sum();
+                    outbox.send(&Message::Response {
+                        id,
+                        result: Err(ServerError::Cancelled),
+                    });
+                }
             }
-            Ok(Message::Release { ids }) => worker.release(ids),
+            Ok(Message::Release { ids }) if held.is_empty() => worker.release(ids),
+            Ok(Message::Release { ids }) => held.push_back(Held::Release(ids)),
             Ok(Message::Goodbye { reason }) => {
                 debug!(%reason, "client said goodbye");
                 break Ok("client closed the connection");

@@ -7,6 +7,8 @@
 //! - [`server::run`]: the accept loop, connection limit and graceful shutdown.
 //! - `connection`: one task reads frames and one writes them; requests go to the connection's
 //!   Python thread, while ping, cancel and release are handled without Python.
+//! - `rpyc_compat`: stock Python RPyC clients (`rpyc.classic.connect`) on the same port, told
+//!   apart by their first bytes and served in RPyC's own protocol (issue 6).
 //! - [`python`]: the only module that touches CPython (interpreter start-up, per-connection worker
 //!   threads, object tables, conversions).
 //! - [`config::ServerConfig`], [`error::ConnectionError`].
@@ -23,6 +25,8 @@
 //! server::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
 //! ```
+
+#![deny(clippy::unwrap_used)]
 
 mod auth;
 pub mod config;

@@ -15,10 +15,11 @@ mod convert;
 mod exception;
 mod init;
 mod objects;
+mod pool;
 mod worker;
 
 pub use classic::{
     ClassicOptions, ClassicWorker, ClassicWorkerGone, DEFAULT_CALLBACK_TIMEOUT, FrameSink,
 };
 pub use init::{PythonConfig, PythonError, PythonInfo, init};
-pub use worker::{ReplyFn, Worker};
+pub use worker::{ReplySink, SharedBytes, SharedList, Worker};

@@ -2,17 +2,19 @@
 //!
 //! Our native greeting starts with `0xF0`; a stock RPyC connection starts with a frame whose
 //! u32 big-endian length begins with `0x00` for any sane size. [`detect`] peeks at the first
-//! byte, and [`serve`] then speaks RPyC's own protocol: frames are
+//! frame header (without consuming it), and [`serve`] then speaks RPyC's own protocol: frames are
 //! `[u32 BE length][u8 compressed][payload][b'\n']` (zlib payloads are inflated, with the
 //! frame limit applied before and after), each payload one brine-encoded message
 //! (`rpyc_protocol::brine::message`).
 //!
 //! A reader task decodes frames and hands messages to the connection's
 //! [`ClassicWorker`](crate::python::ClassicWorker) (the Python thread); pings are echoed here
-//! without Python and `HANDLE_CLOSE` ends the connection. A writer task sends whatever frames the
-//! worker queues, batching what is queued into one write.
+//! without Python and `HANDLE_CLOSE` ends the connection. Frames go out through the connection
+//! [`Outbox`]: written by the thread that makes them, the writer task only flushing backlogs.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -21,28 +23,26 @@ use rpyc_protocol::brine::message::{
     FRAME_HEADER_LEN, Message, MessageKind, decode_payload, encode_frame, handler, inflate, label,
     parse_header,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{ProtocolMode, ServerConfig};
+use crate::connection::outbox::Outbox;
 use crate::error::ConnectionError;
 use crate::python::{ClassicOptions, ClassicWorker, FrameSink};
 
 /// First byte of our native greeting (`rpyc_protocol::handshake::MAGIC`).
 const NATIVE_FIRST_BYTE: u8 = 0xF0;
-/// Write buffers above this size are not kept between writes.
-const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// Most buffer space reserved ahead of data that has not arrived yet (a peer's length prefix is
 /// only a claim).
 const MAX_RESERVE_AHEAD: usize = 1 << 20;
 
 /// Whether the client on `socket` is a stock RPyC client, by `config.protocol` and, in `auto`
-/// mode, by its first byte (peeked, so the native handshake still sees it).
+/// mode, by its first frame header (peeked, so the native handshake still sees it).
 ///
 /// # Errors
 /// [`ConnectionError::HandshakeTimeout`] if the client sends nothing in time, or an I/O error.
@@ -104,19 +104,22 @@ pub(crate) async fn serve(
     socket.set_nodelay(true)?;
     info!(conn = conn_id, "stock RPyC client");
     let (read, write) = socket.into_split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Frames are written by whichever thread makes them (the Python thread for replies and
+    // callbacks, the reader for pings), straight to the socket; the writer task only flushes
+    // what the socket could not take at once.
+    let outbox = Arc::new(Outbox::tcp(write, config.max_frame_bytes));
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(write, out_rx, writer_done.clone()));
-
-    let sink_tx = out_tx.clone();
-    let sink: FrameSink = Arc::new(move |frame| {
-        // The writer may be gone if the client left; the frame is then moot.
-        let _ = sink_tx.send(frame);
+    let writer = tokio::spawn({
+        let outbox = Arc::clone(&outbox);
+        let done = writer_done.clone();
+        async move { outbox.run(done).await }
     });
+    let sink_outbox = Arc::clone(&outbox);
+    let sink: FrameSink = Arc::new(move |frame: Vec<u8>| sink_outbox.send_frame(&frame));
     let worker = ClassicWorker::spawn(conn_id, ClassicOptions::new(config.max_frame_bytes), sink)
         .map_err(ConnectionError::Worker)?;
 
-    let mut frames = FramedRead::new(read, RpycFrames::new(config.max_frame_bytes));
+    let mut frames = FramedRead::new(QuickAck(read), RpycFrames::new(config.max_frame_bytes));
     let outcome = loop {
         let frame = tokio::select! {
             frame = frames.next() => frame,
@@ -141,7 +144,7 @@ pub(crate) async fn serve(
             Some((handler::CLOSE, _)) => break Ok("client closed the connection"),
             Some((handler::PING, args)) => {
                 if let Some(echo) = ping_reply(message.seq, args, config.max_frame_bytes) {
-                    let _ = out_tx.send(echo);
+                    outbox.send_frame(&echo);
                     continue;
                 }
             }
@@ -156,6 +159,11 @@ pub(crate) async fn serve(
                 "RPyC request"
             );
         }
+        // A client that does not read its replies cannot make us buffer without bound.
+        tokio::select! {
+            () = outbox.wait_for_room() => {}
+            () = stop.cancelled() => break Ok("server shutting down"),
+        }
         if worker.deliver(message).is_err() {
             break Ok("python worker stopped");
         }
@@ -164,14 +172,35 @@ pub(crate) async fn serve(
     // Dropping the worker closes its inbox: a callback waiting for this client fails at once,
     // and the thread frees the connection's objects when its current request is done.
     drop(worker);
-    drop(out_tx);
     writer_done.cancel();
-    match writer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "writing the last RPyC frames failed"),
-        Err(e) => warn!(error = %e, "RPyC writer task failed"),
+    if let Err(e) = writer.await {
+        warn!(error = %e, "RPyC writer task failed");
     }
     outcome
+}
+
+/// The read half of a stock client's socket, acknowledging what arrives at once (Linux
+/// `TCP_QUICKACK`, re-armed before every read).
+///
+/// Stock clients leave Nagle's algorithm on, so a small frame they send (a callback's reply)
+/// waits until their previous data is acknowledged. A server that delays its ACK (it has
+/// nothing to send: it waits for that very frame) then stalls the exchange for the delayed-ACK
+/// timeout, about 40 ms; with two client threads making callbacks this happened on every call.
+struct QuickAck(OwnedReadHalf);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        #[cfg(target_os = "linux")]
+        {
+            // Best effort: without it the exchange is only slower.
+            let _ = socket2::SockRef::from(self.0.as_ref()).set_tcp_quickack(true);
+        }
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
 }
 
 /// The echo of a ping whose data is a plain value, built without Python.
@@ -241,47 +270,6 @@ impl Decoder for RpycFrames {
         inflate(&payload, self.max_frame_bytes)
             .map(|inflated| Some(Bytes::from(inflated)))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    }
-}
-
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    done: CancellationToken,
-) -> std::io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
-    loop {
-        let first = tokio::select! {
-            biased;
-            item = rx.recv() => item,
-            () = done.cancelled() => None,
-        };
-        let closing = first.is_none();
-        if let Some(frame) = first {
-            if buf.is_empty() && rx.is_empty() {
-                // A lone frame (the usual case) goes out without a copy.
-                write.write_all(&frame).await?;
-                continue;
-            }
-            buf.extend_from_slice(&frame);
-        }
-        // Everything already queued goes out in the same write.
-        while buf.len() < KEEP_BUFFER_BYTES {
-            match rx.try_recv() {
-                Ok(frame) => buf.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            write.write_all(&buf).await?;
-            buf.clear();
-            if buf.capacity() > KEEP_BUFFER_BYTES {
-                buf = Vec::with_capacity(8 * 1024);
-            }
-        }
-        if closing {
-            return write.shutdown().await;
-        }
     }
 }
 

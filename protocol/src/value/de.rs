@@ -2,14 +2,17 @@
 
 use std::fmt;
 
+use std::cell::Cell;
+
 use serde::de::value::{SeqDeserializer, StringDeserializer};
 use serde::de::{
-    self, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, Unexpected, VariantAccess,
-    Visitor,
+    self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, IntoDeserializer, MapAccess,
+    SeqAccess, Unexpected, VariantAccess, Visitor,
 };
 use serde::forward_to_deserialize_any;
 
 use super::Value;
+use crate::netref::NetRef;
 
 /// A [`Value`] did not fit the Rust type it was converted into.
 ///
@@ -168,6 +171,275 @@ impl<'de> de::Deserializer<'de> for Value {
     forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// Containers nested deeper than this are refused when a [`Value`] is deserialized: the
+/// decoder recurses once per level, and a small malicious frame could otherwise exhaust the
+/// stack of whoever decodes it (a debug build on a 2 MiB stack still has room for this many).
+/// The server copies results at most 256 levels deep.
+const MAX_NESTING: usize = 300;
+
+thread_local! {
+    /// Containers being deserialized on this thread right now.
+    static NESTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One level of nesting, for as long as it lives.
+struct Nested;
+
+impl Nested {
+    fn enter<E: de::Error>() -> Result<Nested, E> {
+        NESTING.with(|n| {
+            if n.get() >= MAX_NESTING {
+                Err(E::custom(format_args!(
+                    "value nested deeper than {MAX_NESTING} levels"
+                )))
+            } else {
+                n.set(n.get() + 1);
+                Ok(Nested)
+            }
+        })
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Accepts the same input as `#[derive(Deserialize)]` would (variant by index or by name, the
+/// field shapes of the derived `Serialize`), so any serde format reads what it wrote; written
+/// by hand to limit nesting (`MAX_NESTING` levels): with the derived impl, a 400 kB frame of nested
+/// lists overflowed the stack of the task decoding it and aborted the whole server.
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_enum("Value", VALUE_VARIANTS, ValueVisitor)
+    }
+}
+
+/// Items preallocated at most for a sequence, whatever length it claims.
+const MAX_PREALLOCATED_ITEMS: usize = 1 << 16;
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("enum Value")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (variant, access) = data.variant::<VariantIndex>()?;
+        Ok(match variant.0 {
+            0 => {
+                access.unit_variant()?;
+                Value::None
+            }
+            1 => Value::Bool(access.newtype_variant()?),
+            2 => Value::Int(access.newtype_variant()?),
+            3 => Value::BigInt(access.newtype_variant()?),
+            4 => Value::Float(access.newtype_variant()?),
+            5 => access.struct_variant(COMPLEX_FIELDS, ComplexVisitor)?,
+            6 => Value::Str(access.newtype_variant()?),
+            7 => Value::Bytes(access.newtype_variant::<serde_bytes::ByteBuf>()?.into_vec()),
+            8 => Value::Tuple(access.newtype_variant_seed(Items)?),
+            9 => Value::List(access.newtype_variant_seed(Items)?),
+            10 => Value::Dict(access.newtype_variant_seed(Entries)?),
+            11 => Value::Set(access.newtype_variant_seed(Items)?),
+            12 => Value::FrozenSet(access.newtype_variant_seed(Items)?),
+            _ => Value::Ref(access.newtype_variant::<NetRef>()?),
+        })
+    }
+}
+
+/// A variant of [`Value`], by index (0..14) or by name.
+struct VariantIndex(u8);
+
+impl<'de> Deserialize<'de> for VariantIndex {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(VariantVisitor)
+    }
+}
+
+struct VariantVisitor;
+
+impl Visitor<'_> for VariantVisitor {
+    type Value = VariantIndex;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("variant identifier")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<VariantIndex, E> {
+        match u8::try_from(v) {
+            Ok(i) if usize::from(i) < VALUE_VARIANTS.len() => Ok(VariantIndex(i)),
+            _ => Err(E::invalid_value(
+                Unexpected::Unsigned(v),
+                &"variant index 0 <= i < 14",
+            )),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<VariantIndex, E> {
+        match VALUE_VARIANTS.iter().position(|name| *name == v) {
+            Some(i) => Ok(VariantIndex(i as u8)),
+            None => Err(E::unknown_variant(v, VALUE_VARIANTS)),
+        }
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<VariantIndex, E> {
+        match VALUE_VARIANTS.iter().position(|name| name.as_bytes() == v) {
+            Some(i) => Ok(VariantIndex(i as u8)),
+            None => Err(E::unknown_variant(
+                &String::from_utf8_lossy(v),
+                VALUE_VARIANTS,
+            )),
+        }
+    }
+}
+
+const COMPLEX_FIELDS: &[&str] = &["re", "im"];
+
+/// `Value::Complex { re, im }`, as a sequence (bincode) or a map (self-describing formats).
+struct ComplexVisitor;
+
+impl<'de> Visitor<'de> for ComplexVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct variant Value::Complex")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let expected = &"struct variant Value::Complex with 2 elements";
+        let re = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, expected))?;
+        let im = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(1, expected))?;
+        Ok(Value::Complex { re, im })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let (mut re, mut im) = (None, None);
+        while let Some(key) = map.next_key::<ComplexField>()? {
+            let (slot, name) = match key {
+                ComplexField::Re => (&mut re, "re"),
+                ComplexField::Im => (&mut im, "im"),
+                ComplexField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+        }
+        Ok(Value::Complex {
+            re: re.ok_or_else(|| de::Error::missing_field("re"))?,
+            im: im.ok_or_else(|| de::Error::missing_field("im"))?,
+        })
+    }
+}
+
+enum ComplexField {
+    Re,
+    Im,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for ComplexField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = ComplexField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("field identifier")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ComplexField, E> {
+                Ok(match v {
+                    0 => ComplexField::Re,
+                    1 => ComplexField::Im,
+                    _ => ComplexField::Other,
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ComplexField, E> {
+                self.visit_bytes(v.as_bytes())
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<ComplexField, E> {
+                Ok(match v {
+                    b"re" => ComplexField::Re,
+                    b"im" => ComplexField::Im,
+                    _ => ComplexField::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// The items of a tuple, list or set: `Vec<Value>`.
+struct Items;
+
+impl<'de> DeserializeSeed<'de> for Items {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Value>, D::Error> {
+        let _level = Nested::enter()?;
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOCATED_ITEMS));
+        while let Some(item) = seq.next_element()? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// The entries of a dict: `Vec<(Value, Value)>`.
+struct Entries;
+
+impl<'de> DeserializeSeed<'de> for Entries {
+    type Value = Vec<(Value, Value)>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Vec<(Value, Value)>, D::Error> {
+        let _level = Nested::enter()?;
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Entries {
+    type Value = Vec<(Value, Value)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out =
+            Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOCATED_ITEMS / 2));
+        while let Some(entry) = seq.next_element()? {
+            out.push(entry);
+        }
+        Ok(out)
     }
 }
 
@@ -424,6 +696,91 @@ mod tests {
         let map = Value::Dict(vec![(Value::Str("v".into()), all.clone())]);
         let got: HashMap<String, Value> = map.deserialize_into().expect("map of values");
         assert_eq!(got["v"], all);
+    }
+
+    fn nested(levels: usize) -> Value {
+        let mut v = Value::Int(0);
+        for i in 0..levels {
+            v = if i % 2 == 0 {
+                Value::List(vec![v])
+            } else {
+                Value::Dict(vec![(Value::None, v)])
+            };
+        }
+        v
+    }
+
+    fn bincode_round_trip(v: &Value) -> Result<Value, String> {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(v, config).map_err(|e| e.to_string())?;
+        let (back, used) = bincode::serde::decode_from_slice::<Value, _>(&bytes, config)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(used, bytes.len());
+        Ok(back)
+    }
+
+    fn every_variant() -> Value {
+        Value::List(vec![
+            Value::None,
+            Value::Bool(true),
+            Value::Int(i64::MIN),
+            Value::BigInt("-123456789012345678901234567890".into()),
+            Value::Float(-0.25),
+            Value::Complex { re: 1.5, im: -2.0 },
+            Value::Str("é".into()),
+            Value::Bytes(vec![0, 255]),
+            Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])]),
+            Value::Dict(vec![
+                (Value::Str("k".into()), Value::List(vec![])),
+                (Value::Int(2), Value::Dict(vec![])),
+            ]),
+            Value::Set(vec![Value::Int(2)]),
+            Value::FrozenSet(vec![Value::Str("f".into())]),
+            Value::Ref(NetRef {
+                id: NetRefId(u64::MAX),
+                type_name: "builtins.object".into(),
+            }),
+        ])
+    }
+
+    #[test]
+    fn deserializes_what_serialize_wrote() {
+        let all = every_variant();
+        assert_eq!(bincode_round_trip(&all), Ok(all.clone()));
+        // A self-describing format (variants by name, struct variants as maps) too.
+        let json = serde_json::to_string(&all).expect("to json");
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).expect("from json"),
+            all
+        );
+        let complex: Value =
+            serde_json::from_str(r#"{"Complex": {"im": 2.0, "extra": 0, "re": 1.0}}"#)
+                .expect("fields in any order");
+        assert_eq!(complex, Value::Complex { re: 1.0, im: 2.0 });
+        let err = serde_json::from_str::<Value>(r#""Nothing""#).expect_err("unknown variant");
+        assert!(
+            err.to_string().contains("unknown variant `Nothing`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        // Run where the stack is as small as a tokio worker's, in a debug build.
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let deep = nested(MAX_NESTING);
+                assert_eq!(bincode_round_trip(&deep), Ok(deep));
+                let too_deep = nested(MAX_NESTING + 1);
+                let err = bincode_round_trip(&too_deep).expect_err("too deep");
+                assert!(err.contains("nested deeper than 300 levels"), "{err}");
+                // The count is per thread and balanced: a shallow value decodes afterwards.
+                assert_eq!(bincode_round_trip(&nested(3)), Ok(nested(3)));
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //!
 //! Over TLS the record layer needs an async writer, so frames are queued and the writer task
 //! writes them: one hand-off per batch of frames.
+//!
+//! A large `bytes` result is not copied into the buffer: the frame's bytes around it are, and
+//! the outbox keeps a reference to the object's own buffer and writes it in between
+//! ([`Outbox::send_with`]).
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,6 +25,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
+
+use crate::python::{ReplySink, SharedBytes, SharedList};
 
 /// Buffers above this size are dropped rather than kept for the next frame.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
@@ -43,15 +50,144 @@ impl std::fmt::Debug for Sink {
     }
 }
 
-#[derive(Debug)]
 struct State {
     /// Encoded frames not yet written.
     buf: BytesMut,
-    /// The writer task owns flushing until `buf` is empty (the socket would block, or the
-    /// sink is a stream).
+    /// Byte strings written from their owners' memory, in order: each goes out once `buf` has
+    /// been written up to its position.
+    shared: VecDeque<Shared>,
+    /// Bytes taken off the front of `buf` so far; the positions in `shared` count from the
+    /// start of `buf` at its creation.
+    consumed: u64,
+    /// Bytes of `shared` not yet written.
+    shared_len: usize,
+    /// The writer task owns flushing until everything is written (the socket would block, or
+    /// the sink is a stream).
     parked: bool,
     /// Writing failed or the connection is closing: frames are dropped.
     closed: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("buf", &self.buf.len())
+            .field("shared", &self.shared.len())
+            .field("shared_len", &self.shared_len)
+            .field("parked", &self.parked)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// A byte string of a frame that stays in its owner's memory.
+struct Shared {
+    /// Its position: right after this many bytes of `buf` (counted as `State::consumed` is).
+    at: u64,
+    bytes: SharedBytes,
+    /// How much of it is written.
+    written: usize,
+}
+
+fn contents(bytes: &SharedBytes) -> &[u8] {
+    (**bytes).as_ref()
+}
+
+impl State {
+    /// Nothing left to write.
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.shared.is_empty()
+    }
+
+    /// Bytes not yet written.
+    fn backlog(&self) -> usize {
+        self.buf.len() + self.shared_len
+    }
+
+    /// Adds a byte string to send after the first `at` bytes of `buf`.
+    fn push_shared(&mut self, at: usize, bytes: SharedBytes) {
+        debug_assert!(at <= self.buf.len());
+        self.shared_len += contents(&bytes).len();
+        self.shared.push_back(Shared {
+            at: self.consumed + at as u64,
+            bytes,
+            written: 0,
+        });
+    }
+
+    /// What to write next: `buf` up to the next shared string, or that string; empty when
+    /// everything is written.
+    fn next_piece(&self) -> &[u8] {
+        match self.shared.front() {
+            Some(s) if s.at > self.consumed => &self.buf[..(s.at - self.consumed) as usize],
+            Some(s) => &contents(&s.bytes)[s.written..],
+            None => &self.buf,
+        }
+    }
+
+    /// The next pieces to write, in order, as many as fit in `iov`; returns how many.
+    fn pieces<'a>(&'a self, iov: &mut [io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut pos = 0;
+        for s in &self.shared {
+            let at = (s.at - self.consumed) as usize;
+            if at > pos {
+                if n == iov.len() {
+                    return n;
+                }
+                iov[n] = io::IoSlice::new(&self.buf[pos..at]);
+                n += 1;
+                pos = at;
+            }
+            if n == iov.len() {
+                return n;
+            }
+            iov[n] = io::IoSlice::new(&contents(&s.bytes)[s.written..]);
+            n += 1;
+        }
+        if pos < self.buf.len() && n < iov.len() {
+            iov[n] = io::IoSlice::new(&self.buf[pos..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Marks `n` bytes of the [`pieces`](Self::pieces) as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let k = n.min(self.next_piece().len());
+            debug_assert!(k > 0, "advanced past the end");
+            if k == 0 {
+                return;
+            }
+            self.advance_piece(k);
+            n -= k;
+        }
+    }
+
+    /// Marks `n` bytes of [`next_piece`](Self::next_piece) as written.
+    fn advance_piece(&mut self, n: usize) {
+        match self.shared.front_mut() {
+            Some(s) if s.at == self.consumed => {
+                s.written += n;
+                self.shared_len -= n;
+                if s.written == contents(&s.bytes).len() {
+                    self.shared.pop_front();
+                }
+            }
+            _ => {
+                self.buf.advance(n);
+                self.consumed += n as u64;
+            }
+        }
+    }
+
+    /// Drops everything unwritten.
+    fn clear(&mut self) {
+        self.buf = BytesMut::new();
+        self.shared.clear();
+        self.shared_len = 0;
+    }
 }
 
 /// Ordered writer of a connection's frames, synchronous on plain TCP.
@@ -94,6 +230,9 @@ impl Outbox {
             sink,
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(8 * 1024),
+                shared: VecDeque::new(),
+                consumed: 0,
+                shared_len: 0,
                 parked: false,
                 closed: false,
             }),
@@ -108,11 +247,38 @@ impl Outbox {
     /// block. Never blocks. A response too large for a frame becomes a "result too large" error
     /// for that request.
     pub(crate) fn send(&self, message: &Message) {
+        self.send_with(|buf, _, max| encode(message, max, buf));
+    }
+
+    /// Encodes frames in place and writes them now, or leaves them for the writer task if the
+    /// socket would block. `encode` gets the outgoing buffer, a list for byte strings it wants
+    /// sent from their owners' memory rather than copied (each with its position in the buffer:
+    /// it goes out right after the bytes before that position), and the frame limit. It must
+    /// append whole frames only, leaving both as they were if it fails; it runs under the
+    /// outbox lock, so frames keep their order. Not called once the connection is closed.
+    pub(crate) fn send_with(&self, encode: impl FnOnce(&mut BytesMut, &mut SharedList, usize)) {
         let mut state = lock(&self.state);
         if state.closed {
             return;
         }
-        encode(message, self.max_frame_bytes, &mut state.buf);
+        let mut shared = Vec::new();
+        encode(&mut state.buf, &mut shared, self.max_frame_bytes);
+        for (at, bytes) in shared {
+            state.push_shared(at, bytes);
+        }
+        if !state.parked {
+            self.flush(&mut state);
+        }
+    }
+
+    /// Writes an already encoded frame now (or leaves it for the writer task), like
+    /// [`send`](Self::send); stock-RPyC connections encode their own frames (issue 6).
+    pub(crate) fn send_frame(&self, frame: &[u8]) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        state.buf.extend_from_slice(frame);
         if !state.parked {
             self.flush(&mut state);
         }
@@ -122,19 +288,24 @@ impl Outbox {
     /// to the writer task (stream).
     fn flush(&self, state: &mut State) {
         let Sink::Tcp(half) = &self.sink else {
-            if !state.buf.is_empty() && !state.parked {
+            if !state.is_empty() && !state.parked {
                 state.parked = true;
                 self.parked.notify_one();
             }
             return;
         };
-        while !state.buf.is_empty() {
-            match half.try_write(&state.buf) {
+        loop {
+            let mut iov = [io::IoSlice::new(&[]); 8];
+            let pieces = state.pieces(&mut iov);
+            if pieces == 0 {
+                break;
+            }
+            match half.try_write_vectored(&iov[..pieces]) {
                 Ok(0) => {
                     state.closed = true;
                     break;
                 }
-                Ok(n) => state.buf.advance(n),
+                Ok(n) => state.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !state.parked {
                         state.parked = true;
@@ -150,12 +321,22 @@ impl Outbox {
             }
         }
         if state.closed {
-            state.buf = BytesMut::new();
+            state.clear();
         } else if state.buf.capacity() > KEEP_BUFFER_BYTES {
             state.buf = BytesMut::with_capacity(8 * 1024);
         }
         state.parked = false;
         self.drained.notify_waiters();
+    }
+
+    /// Bytes encoded and not yet written.
+    pub(crate) fn backlog(&self) -> usize {
+        lock(&self.state).backlog()
+    }
+
+    /// The backlog above which no new request should start.
+    pub(crate) fn high_water(&self) -> usize {
+        self.high_water
     }
 
     /// Waits until the backlog is below the high-water mark (returns at once normally).
@@ -164,7 +345,7 @@ impl Outbox {
             let drained = self.drained.notified();
             {
                 let state = lock(&self.state);
-                if state.closed || state.buf.len() < self.high_water {
+                if state.closed || state.backlog() < self.high_water {
                     return;
                 }
             }
@@ -202,7 +383,7 @@ impl Outbox {
                     if state.closed {
                         return false;
                     }
-                    if state.buf.is_empty() {
+                    if state.is_empty() {
                         state.parked = false;
                         return true;
                     }
@@ -219,22 +400,33 @@ impl Outbox {
                 }
             },
             Sink::Stream(writer) => loop {
-                let chunk = {
+                let (chunk, shared, base) = {
                     let mut state = lock(&self.state);
                     if state.closed {
                         return false;
                     }
-                    if state.buf.is_empty() {
+                    if state.is_empty() {
                         state.parked = false;
                         drop(state);
                         self.drained.notify_waiters();
                         return true;
                     }
-                    state.buf.split()
+                    let base = state.consumed;
+                    let chunk = state.buf.split();
+                    state.consumed += chunk.len() as u64;
+                    state.shared_len = 0;
+                    (chunk, std::mem::take(&mut state.shared), base)
                 };
                 let mut writer = writer.lock().await;
                 let written = async {
-                    writer.write_all(&chunk).await?;
+                    let mut pos = 0;
+                    for s in &shared {
+                        let at = (s.at - base) as usize;
+                        writer.write_all(&chunk[pos..at]).await?;
+                        writer.write_all(&contents(&s.bytes)[s.written..]).await?;
+                        pos = at;
+                    }
+                    writer.write_all(&chunk[pos..]).await?;
                     writer.flush().await
                 };
                 if let Err(e) = written.await {
@@ -252,7 +444,7 @@ impl Outbox {
         {
             let mut state = lock(&self.state);
             state.closed = true;
-            state.buf = BytesMut::new();
+            state.clear();
         }
         self.drained.notify_waiters();
         let result = match &self.sink {
@@ -279,6 +471,22 @@ impl Outbox {
     }
 }
 
+/// The Python worker writes its replies straight into the outbox.
+impl ReplySink for Outbox {
+    fn has_room(&self) -> bool {
+        let state = lock(&self.state);
+        state.closed || state.backlog() < self.high_water
+    }
+
+    fn send(&self, message: &Message) {
+        Outbox::send(self, message);
+    }
+
+    fn send_with(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize)) {
+        Outbox::send_with(self, encode);
+    }
+}
+
 /// Appends one frame; a response that does not fit in a frame is replaced by a refusal.
 fn encode(message: &Message, max_frame_bytes: usize, buf: &mut BytesMut) {
     match codec::encode_frame(message, max_frame_bytes, buf) {
@@ -301,5 +509,107 @@ fn encode(message: &Message, max_frame_bytes: usize, buf: &mut BytesMut) {
             }
         }
         Err(e) => warn!(error = %e, "cannot encode a message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Sends a mix of frames, some with shared byte strings (large enough that the socket
+    /// blocks and the writer task takes over), and returns the byte stream they must make.
+    fn send_mix(outbox: &Outbox) -> Vec<u8> {
+        let mut expected = Vec::new();
+        let mut sent = |header: &[u8], shared: &[Vec<u8>], trailer: &[u8]| {
+            outbox.send_with(|buf, out, _| {
+                buf.extend_from_slice(header);
+                for (i, s) in shared.iter().enumerate() {
+                    out.push((buf.len(), Box::new(s.clone()) as SharedBytes));
+                    buf.extend_from_slice(&[i as u8; 3]);
+                }
+                buf.extend_from_slice(trailer);
+            });
+            expected.extend_from_slice(header);
+            for (i, s) in shared.iter().enumerate() {
+                expected.extend_from_slice(s);
+                expected.extend_from_slice(&[i as u8; 3]);
+            }
+            expected.extend_from_slice(trailer);
+        };
+        let big = |n: usize, seed: u8| {
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(seed))
+                .collect::<Vec<_>>()
+        };
+        sent(b"small", &[], b"");
+        sent(b"head", &[big(2 << 20, 3)], b"tail");
+        sent(b"", &[big(70_000, 5), big(100_000, 7)], b"end");
+        sent(b"after", &[], b"!");
+        sent(b"x", &[big(1 << 20, 11)], b"");
+        for i in 0..50u8 {
+            let shared = if i % 7 == 0 {
+                vec![big(65_536 + usize::from(i), i)]
+            } else {
+                vec![]
+            };
+            sent(&[i; 5], &shared, &[i; 2]);
+        }
+        expected
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_frames_with_shared_bytes_arrive_in_order() -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        // A small send buffer: writes end part-way through pieces, often.
+        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024)?;
+        let (_read, write) = server.into_split();
+        let outbox = Arc::new(Outbox::tcp(write, 1 << 30));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let outbox = Arc::clone(&outbox);
+            let stop = stop.clone();
+            async move { outbox.run(stop).await }
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        let expected = send_mix(&outbox);
+        stop.cancel();
+        writer.await?;
+        let got = reader.await??;
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the stream differs");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stream_frames_with_shared_bytes_arrive_in_order() -> anyhow::Result<()> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let outbox = Arc::new(Outbox::stream(Box::new(server), 1 << 30));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let outbox = Arc::clone(&outbox);
+            let stop = stop.clone();
+            async move { outbox.run(stop).await }
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        let expected = send_mix(&outbox);
+        stop.cancel();
+        writer.await?;
+        let got = reader.await??;
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the stream differs");
+        Ok(())
     }
 }

@@ -252,8 +252,9 @@ impl PyState {
 }
 
 fn run(conn: Arc<Conn>) {
-    // One attach for the thread's whole life; the GIL is released whenever it waits.
-    Python::attach(|py| {
+    // One attach for the thread's whole life; the GIL is released whenever it waits. The
+    // connection (and the Python objects it holds) is dropped inside, with the GIL.
+    Python::attach(move |py| {
         match PyState::new(py, &conn) {
             Ok(state) => {
                 let _ = conn.state.set(state);
@@ -272,6 +273,7 @@ fn run(conn: Arc<Conn>) {
             }
         }
         conn.close(py);
+        drop(conn);
     });
 }
 

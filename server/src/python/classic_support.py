@@ -324,6 +324,9 @@ def _get_exception_class(cls):
             return str(self)
 
     Derived.__name__ = cls.__name__
+    # (Stock leaves the qualified name as "_get_exception_class.<locals>.Derived", which then
+    # ends the tracebacks this server sends on.)
+    Derived.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
     Derived.__module__ = cls.__module__
     _exception_classes_cache[cls] = Derived
     return Derived

@@ -1,36 +1,67 @@
-//! The per-connection Python thread.
+//! A connection's Python side: its command queue, namespace, object table and compiled-code
+//! cache.
 //!
-//! Each connection gets one named OS thread (`rpyc-py-<conn>`) that owns the connection's
-//! namespace, object table and compiled-code cache. It blocks on its command queue without
-//! the GIL, takes the GIL when commands arrive, runs every queued command under that one hold,
-//! and sends each reply through the connection's [`ReplyFn`]. Requests of one connection thus
-//! run in order, and a long call on one connection never blocks another (the GIL is released by
-//! Python's switch interval and by blocking calls).
+//! Commands run on the executor pool (the `pool` module): in order and one at a time per
+//! connection, on whichever executor thread holds the GIL, which keeps it while any connection
+//! has work (no GIL hand-off per call). Each reply goes through the connection's
+//! [`ReplySink`]: a result is serialized from the Python objects straight into the outgoing
+//! frame buffer. A long call on one connection never blocks another: the pool gives the others
+//! another thread (see `pool`).
 //!
 //! Cancellation (issue 3): a cancel for the running request raises `CancelledByClient` in the
-//! worker thread with `PyThreadState_SetAsyncExc` and wakes a `time.sleep` in progress. Pure
+//! executor thread running it with `PyThreadState_SetAsyncExc` and wakes a `time.sleep` in progress. Pure
 //! Python code is interrupted at the next bytecode boundary; C code that holds the GIL (a long
 //! `re` match, a C extension's loop) is interrupted only when it returns to the interpreter.
 
+use std::collections::VecDeque;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::BytesMut;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PyModule, PyString, PyTuple};
-use rpyc_protocol::{Args, CompareOp, NetRefId, Op, RequestId, ReturnMode, ServerError, Value};
+use rpyc_protocol::{
+    Args, CompareOp, Message, NetRefId, Op, RequestId, ReturnMode, ServerError, Value,
+};
 
-use super::convert::{ConvertError, from_value, to_value};
+use super::convert::{
+    ConvertError, EncodeFailure, Reply, encode_reply, from_value, panic_message, to_value,
+};
 use super::exception::to_remote;
 use super::init::SUPPORT;
 use super::objects::ObjectTable;
+use super::pool;
 
-/// Receives each reply of a worker: the request it answers and its result. Called on the worker
-/// thread, with the GIL held, so it must be quick (a channel send).
-pub type ReplyFn = Box<dyn Fn(RequestId, Result<Value, ServerError>) + Send + 'static>;
+/// Bytes sent from their owner's memory instead of being copied into the frame buffer (a
+/// large Python `bytes` result). Dropping it may happen on any thread, without the GIL.
+pub type SharedBytes = Box<dyn AsRef<[u8]> + Send + Sync>;
+
+/// The byte strings of frames being encoded that were not copied into the frame buffer, each
+/// with its position in the buffer (it is sent right after the bytes before that position).
+pub type SharedList = Vec<(usize, SharedBytes)>;
+
+/// Where a worker's replies go: the connection's outgoing frames. Called on the worker thread
+/// with the GIL held, so it must never wait for anything that may itself wait for the GIL.
+pub trait ReplySink: Send + Sync + 'static {
+    /// Sends a complete message (an error, a value computed in Rust).
+    fn send(&self, message: &Message);
+
+    /// Whether a new request may start: false while the client is not reading its replies and
+    /// they pile up. The worker then waits (without a thread) until [`Worker::resume`].
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// Appends frames encoded in place. `encode` gets the outgoing buffer, a list for byte
+    /// strings it did not copy (each with its position in the buffer: it is sent right after
+    /// the bytes before that position), and the frame limit. It appends whole frames only: on
+    /// failure it leaves both as they were. The sink holds its lock meanwhile, so frames keep
+    /// their order. Not called once the connection is closed.
+    fn send_with(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize));
+}
 
 /// Largest iteration batch a client may ask for.
 const MAX_BATCH: u32 = 65_536;
@@ -38,9 +69,6 @@ const MAX_BATCH: u32 = 65_536;
 const CODE_CACHE_LIMIT: usize = 512;
 /// Snippets longer than this are compiled each time rather than cached.
 const CODE_CACHE_MAX_LEN: usize = 4096;
-/// Stack of a worker thread: what CPython's main thread usually gets, so deep recursion ends
-/// in `RecursionError`, not a stack overflow. Pages are committed only when used.
-const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
 /// Stale cancel ids kept at most (cancels that arrived after their request finished).
 const MAX_PENDING_CANCELS: usize = 1024;
 
@@ -51,94 +79,258 @@ enum Command {
         span: tracing::Span,
     },
     Release(Vec<NetRefId>),
+    /// The connection ended: free its objects and namespace.
+    Close,
 }
 
-/// State shared between the connection's async side and its Python thread.
+/// State shared between the connection's async side and whichever executor thread runs it.
 #[derive(Debug)]
 struct Shared {
     conn_id: u64,
-    /// `threading.get_ident()` of the worker thread, 0 until it has started.
-    ident: AtomicU64,
     /// Id + 1 of the request running now, 0 when idle.
     running: AtomicU64,
+    /// `threading.get_ident()` of the executor thread running that request.
+    running_on: AtomicU64,
     /// Requests the client cancelled (running or not started yet).
     cancelled: Mutex<HashSet<RequestId>>,
+    /// Requests submitted and not answered yet.
+    in_flight: AtomicUsize,
+    /// Signalled each time a request has been answered.
+    answered: tokio::sync::Notify,
 }
 
-/// Handle to a connection's Python thread. Dropping it ends the thread after the current
-/// command, interrupts a running call, and frees every object the connection held.
-#[derive(Debug)]
-pub struct Worker {
-    tx: mpsc::Sender<Command>,
+/// Commands waiting to run, and whether the pool has the connection queued or running.
+#[derive(Default)]
+struct Queue {
+    commands: VecDeque<Command>,
+    scheduled: bool,
+}
+
+/// One connection as the executor pool sees it.
+struct Conn {
     shared: Arc<Shared>,
+    sink: Arc<dyn ReplySink>,
+    queue: Mutex<Queue>,
+    /// Created by the first command that runs (it needs the GIL); `None` again once closed.
+    state: Mutex<Option<ConnState>>,
+    /// Parked because the reply sink had no room.
+    congested: std::sync::atomic::AtomicBool,
+    /// The connection ended: queued requests are dropped.
+    closing: std::sync::atomic::AtomicBool,
 }
 
-/// The worker thread is gone (it can only end by panicking outside a request).
+impl Conn {
+    fn push(self: &Arc<Self>, cmd: Command) {
+        let schedule = {
+            let mut queue = lock(&self.queue);
+            queue.commands.push_back(cmd);
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if schedule {
+            pool::schedule(Arc::clone(self) as Arc<dyn pool::Runnable>);
+        }
+    }
+}
+
+impl pool::Runnable for Conn {
+    fn run_next(&self, py: Python<'_>) -> bool {
+        let cmd = {
+            let mut queue = lock(&self.queue);
+            let starts_request = matches!(queue.commands.front(), Some(Command::Run { .. }));
+            if starts_request && self.closing.load(Ordering::SeqCst) {
+                // The connection is gone: nobody waits for these answers.
+                queue.commands.retain(|c| !matches!(c, Command::Run { .. }));
+                self.shared.in_flight.store(0, Ordering::SeqCst);
+            } else if starts_request && !self.sink.has_room() {
+                // Replies pile up unread: park until the connection says there is room again,
+                // and wake its reader so it notices.
+                queue.scheduled = false;
+                self.congested.store(true, Ordering::SeqCst);
+                self.shared.answered.notify_one();
+                return false;
+            }
+            match queue.commands.pop_front() {
+                Some(cmd) => cmd,
+                None => {
+                    queue.scheduled = false;
+                    return false;
+                }
+            }
+        };
+        {
+            let mut state = lock(&self.state);
+            if matches!(cmd, Command::Close) {
+                if let Some(conn) = state.take() {
+                    tracing::debug!(
+                        conn = self.shared.conn_id,
+                        objects = conn.table.len(),
+                        "freeing the connection's objects"
+                    );
+                    conn.close(py);
+                }
+            } else {
+                if state.is_none() {
+                    match ConnState::new(py, Arc::clone(&self.shared)) {
+                        Ok(conn) => *state = Some(conn),
+                        Err(e) => tracing::error!(
+                            conn = self.shared.conn_id,
+                            error = %super::exception::describe(py, &e),
+                            "cannot set up the connection's namespace"
+                        ),
+                    }
+                }
+                match state.as_mut() {
+                    Some(conn) => conn.handle(py, cmd, &*self.sink),
+                    None => {
+                        if let Command::Run { id, .. } = cmd {
+                            self.sink.send(&Message::Response {
+                                id,
+                                result: Err(ServerError::InvalidRequest(
+                                    "the connection's Python namespace could not be created"
+                                        .to_owned(),
+                                )),
+                            });
+                            self.shared.finished();
+                        }
+                    }
+                }
+            }
+        }
+        let mut queue = lock(&self.queue);
+        queue.scheduled = !queue.commands.is_empty();
+        queue.scheduled
+    }
+}
+
+impl Shared {
+    /// A request has been answered.
+    fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.answered.notify_one();
+    }
+}
+
+/// Handle to a connection's Python side. Dropping it interrupts a running call and frees every
+/// object the connection held.
+pub struct Worker {
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("conn", &self.conn.shared.conn_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The worker of a connection cannot take requests any more.
 #[derive(Debug, thiserror::Error)]
-#[error("the Python worker thread of connection {0} has stopped")]
+#[error("the Python worker of connection {0} has stopped")]
 pub struct WorkerGone(u64);
 
 impl Worker {
-    /// Starts the Python thread of connection `conn_id`.
+    /// Sets up the Python side of connection `conn_id`; its requests run on the executor pool
+    /// (see the `pool` module), in order, one at a time.
     ///
     /// # Errors
-    /// If the OS cannot create the thread.
-    pub fn spawn(conn_id: u64, reply: ReplyFn) -> std::io::Result<Worker> {
-        let (tx, rx) = mpsc::channel();
+    /// Never today; kept so that a worker that needs OS resources can report their lack.
+    pub fn spawn(conn_id: u64, reply: Arc<dyn ReplySink>) -> std::io::Result<Worker> {
         let shared = Arc::new(Shared {
             conn_id,
-            ident: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            running_on: AtomicU64::new(0),
             cancelled: Mutex::new(HashSet::new()),
+            in_flight: AtomicUsize::new(0),
+            answered: tokio::sync::Notify::new(),
         });
-        let thread_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("rpyc-py-{conn_id}"))
-            .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || run(&thread_shared, rx, &reply))?;
-        Ok(Worker { tx, shared })
+        Ok(Worker {
+            conn: Arc::new(Conn {
+                shared,
+                sink: reply,
+                queue: Mutex::new(Queue::default()),
+                state: Mutex::new(None),
+                congested: std::sync::atomic::AtomicBool::new(false),
+                closing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
     }
 
-    /// Queues a request; its reply goes to the [`ReplyFn`].
+    /// Queues a request; its reply goes to the [`ReplySink`].
     ///
     /// # Errors
-    /// If the thread has stopped.
+    /// If the worker has stopped.
     pub fn submit(&self, id: RequestId, op: Op) -> Result<(), WorkerGone> {
-        let span = tracing::debug_span!("request", conn = self.shared.conn_id, id = id.0);
-        self.tx
-            .send(Command::Run { id, op, span })
-            .map_err(|_| WorkerGone(self.shared.conn_id))
+        let span = tracing::debug_span!("request", conn = self.conn.shared.conn_id, id = id.0);
+        self.conn.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.conn.push(Command::Run { id, op, span });
+        Ok(())
+    }
+
+    /// Requests submitted and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.conn.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Completes when a request has been answered since the last call (at once if one was
+    /// answered meanwhile).
+    pub async fn answered(&self) {
+        self.conn.shared.answered.notified().await;
+    }
+
+    /// Whether requests wait because the reply sink had no room (see [`ReplySink::has_room`]).
+    pub fn is_congested(&self) -> bool {
+        self.conn.congested.load(Ordering::SeqCst)
+    }
+
+    /// Lets parked requests run again once the reply sink has room.
+    pub fn resume(&self) {
+        if self.conn.congested.swap(false, Ordering::SeqCst) {
+            let schedule = {
+                let mut queue = lock(&self.conn.queue);
+                let start = !queue.scheduled && !queue.commands.is_empty();
+                queue.scheduled |= start;
+                start
+            };
+            if schedule {
+                pool::schedule(Arc::clone(&self.conn) as Arc<dyn pool::Runnable>);
+            }
+        }
     }
 
     /// Frees references the client dropped.
     pub fn release(&self, ids: Vec<NetRefId>) {
-        let _ = self.tx.send(Command::Release(ids));
+        self.conn.push(Command::Release(ids));
     }
 
     /// Cancels a request: skipped if it has not started, interrupted if it is running.
     pub fn cancel(&self, id: RequestId) {
+        let shared = &self.conn.shared;
         {
-            let mut cancelled = lock(&self.shared.cancelled);
+            let mut cancelled = lock(&shared.cancelled);
             if cancelled.len() >= MAX_PENDING_CANCELS {
                 cancelled.clear();
             }
             cancelled.insert(id);
         }
-        if self.shared.running.load(Ordering::SeqCst) == id.0 + 1 {
-            interrupt(&self.shared, id.0 + 1);
+        if shared.running.load(Ordering::SeqCst) == id.0 + 1 {
+            interrupt(shared, id.0 + 1);
         }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // The command channel closes with `self.tx`; interrupt what runs so the thread ends now
-        // rather than when the call finishes.
-        let running = self.shared.running.load(Ordering::SeqCst);
+        // Interrupt what runs so the connection's objects are freed now rather than when the
+        // call finishes; queued requests are dropped.
+        let shared = &self.conn.shared;
+        self.conn.closing.store(true, Ordering::SeqCst);
+        let running = shared.running.load(Ordering::SeqCst);
         if running != 0 {
-            lock(&self.shared.cancelled).insert(RequestId(running - 1));
-            interrupt(&self.shared, running);
+            lock(&shared.cancelled).insert(RequestId(running - 1));
+            interrupt(shared, running);
         }
+        self.conn.push(Command::Close);
     }
 }
 
@@ -146,9 +338,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Raises `CancelledByClient` in the worker if it still runs request `running` (id + 1).
+thread_local! {
+    /// `threading.get_ident()` of this executor thread.
+    static THREAD_IDENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Registers an executor thread with the support module (its interruptible `time.sleep`).
+pub(super) fn register_thread(py: Python<'_>) -> PyResult<()> {
+    let support = SUPPORT.get(py).ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err("rpyc-classic support module not loaded")
+    })?;
+    let ident: u64 = support
+        .bind(py)
+        .call_method0("register_worker")?
+        .extract()?;
+    THREAD_IDENT.with(|t| t.set(ident));
+    Ok(())
+}
+
+/// Undoes [`register_thread`] when an executor thread exits.
+pub(super) fn unregister_thread(py: Python<'_>) {
+    if let Some(support) = SUPPORT.get(py) {
+        let _ = support.bind(py).call_method0("unregister_worker");
+    }
+}
+
+/// Raises `CancelledByClient` in the executor thread still running request `running` (id + 1).
 ///
-/// Runs on a short-lived thread of its own: taking the GIL may wait for as long as the worker's
+/// Runs on a short-lived thread of its own: taking the GIL may wait for as long as the running
 /// C code holds it, and neither a tokio worker nor the connection's reader may wait that long.
 fn interrupt(shared: &Arc<Shared>, running: u64) {
     let conn_id = shared.conn_id;
@@ -157,15 +374,16 @@ fn interrupt(shared: &Arc<Shared>, running: u64) {
         .name(format!("rpyc-cancel-{conn_id}"))
         .spawn(move || {
             Python::attach(|py| {
-                // The worker changes `running` only while it holds the GIL, and we hold it now,
-                // so the request cannot finish between this check and the exception being set.
+                // The executor changes `running` only while it holds the GIL, and we hold it
+                // now, so the request cannot finish between this check and the exception being
+                // set.
                 if shared.running.load(Ordering::SeqCst) != running {
                     return;
                 }
                 let Some(support) = SUPPORT.get(py) else {
                     return;
                 };
-                let ident = shared.ident.load(Ordering::SeqCst);
+                let ident = shared.running_on.load(Ordering::SeqCst);
                 if let Ok(cls) = support.bind(py).getattr("CancelledByClient") {
                     // SAFETY: GIL held; `cls` is a live exception class. The thread id is an
                     // unsigned long in CPython, declared as a long by pyo3-ffi.
@@ -180,41 +398,8 @@ fn interrupt(shared: &Arc<Shared>, running: u64) {
     }
 }
 
-fn run(shared: &Shared, rx: mpsc::Receiver<Command>, reply: &ReplyFn) {
-    // One attach for the thread's whole life keeps its Python thread state (and
-    // `threading.local` data) alive; the GIL itself is released while waiting for commands.
-    Python::attach(|py| {
-        let mut conn = match ConnState::new(py, shared) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(conn = shared.conn_id, error = %super::exception::describe(py, &e), "cannot set up the connection's namespace");
-                return;
-            }
-        };
-        let mut rx = rx;
-        loop {
-            // The receiver moves into the GIL-free closure and back (it is Send, not Sync).
-            let (cmd, back) = py.detach(move || (rx.recv(), rx));
-            rx = back;
-            let Ok(cmd) = cmd else {
-                break;
-            };
-            conn.handle(py, cmd, reply);
-            while let Ok(cmd) = rx.try_recv() {
-                conn.handle(py, cmd, reply);
-            }
-        }
-        tracing::debug!(
-            conn = shared.conn_id,
-            objects = conn.table.len(),
-            "freeing the connection's objects"
-        );
-        conn.close(py);
-    });
-}
-
-struct ConnState<'s> {
-    shared: &'s Shared,
+struct ConnState {
+    shared: Arc<Shared>,
     namespace: Py<PyDict>,
     builtins: Py<PyModule>,
     import_module: Py<PyAny>,
@@ -225,19 +410,14 @@ struct ConnState<'s> {
     code_cache: [HashMap<String, Py<PyAny>>; 2],
 }
 
-impl<'s> ConnState<'s> {
-    fn new(py: Python<'_>, shared: &'s Shared) -> PyResult<Self> {
+impl ConnState {
+    fn new(py: Python<'_>, shared: Arc<Shared>) -> PyResult<Self> {
         let support = SUPPORT
             .get(py)
             .ok_or_else(|| {
                 pyo3::exceptions::PyRuntimeError::new_err("rpyc-classic support module not loaded")
             })?
             .clone_ref(py);
-        let ident: u64 = support
-            .bind(py)
-            .call_method0("register_worker")?
-            .extract()?;
-        shared.ident.store(ident, Ordering::SeqCst);
         let builtins = py.import("builtins")?;
         let namespace = PyDict::new(py);
         namespace.set_item("__builtins__", &builtins)?;
@@ -258,34 +438,32 @@ impl<'s> ConnState<'s> {
         self.table.clear(py);
         self.code_cache = [HashMap::new(), HashMap::new()];
         self.namespace.bind(py).clear();
-        let _ = self.support.bind(py).call_method0("unregister_worker");
     }
 
-    fn handle(&mut self, py: Python<'_>, cmd: Command, reply: &ReplyFn) {
+    fn handle(&mut self, py: Python<'_>, cmd: Command, reply: &dyn ReplySink) {
         match cmd {
             Command::Release(ids) => self.table.release(py, &ids),
+            // Handled by the caller, which owns the state.
+            Command::Close => {}
             Command::Run { id, op, span } => {
                 let _entered = span.enter();
                 if lock(&self.shared.cancelled).remove(&id) {
-                    reply(id, Err(ServerError::Cancelled));
+                    reply.send(&Message::Response {
+                        id,
+                        result: Err(ServerError::Cancelled),
+                    });
+                    self.shared.finished();
                     return;
                 }
+                let ident = THREAD_IDENT.with(std::cell::Cell::get);
+                self.shared.running_on.store(ident, Ordering::SeqCst);
                 self.shared.running.store(id.0 + 1, Ordering::SeqCst);
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.op(py, op)))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        tracing::error!(conn = self.shared.conn_id, request = id.0, panic = %what, "internal error while running a request");
-                        Err(ServerError::InvalidRequest(format!("internal server error: {what}")))
-                    });
+                    .unwrap_or_else(|panic| Err(self.internal_error(id, &panic_message(&*panic))));
                 self.shared.running.store(0, Ordering::SeqCst);
                 let result = if lock(&self.shared.cancelled).remove(&id) {
                     // A cancel raced with the end of the call: drop any exception still pending
                     // for this thread so it cannot hit the next request.
-                    let ident = self.shared.ident.load(Ordering::SeqCst);
                     // SAFETY: GIL held; a null exception clears the pending one.
                     unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, std::ptr::null_mut()) };
                     let _ = self.support.bind(py).call_method0("reset_wakeup");
@@ -293,9 +471,50 @@ impl<'s> ConnState<'s> {
                 } else {
                     result
                 };
-                reply(id, result);
+                self.reply(py, id, result, reply);
+                self.shared.finished();
             }
         }
+    }
+
+    /// Writes the response of request `id`. A result is serialized straight into the outgoing
+    /// buffer; if it cannot be (an object that cannot be copied, a result too large for a
+    /// frame), nothing of it is left there and the request gets the error instead.
+    fn reply(
+        &mut self,
+        py: Python<'_>,
+        id: RequestId,
+        result: Result<Reply<'_>, ServerError>,
+        sink: &dyn ReplySink,
+    ) {
+        let reply = match result {
+            Ok(Reply::Value(value)) => Ok(value),
+            Err(e) => Err(e),
+            Ok(reply) => {
+                let mut outcome = Ok(());
+                sink.send_with(&mut |buf, shared, max| {
+                    outcome = encode_reply(py, id, &reply, &mut self.table, max, buf, shared);
+                });
+                match outcome {
+                    Ok(()) => return,
+                    Err(EncodeFailure::Py(e)) => Err(self.error(py, e)),
+                    Err(EncodeFailure::TooLarge { size, max }) => {
+                        tracing::warn!(request = id.0, size, max, "result too large to send");
+                        Err(ServerError::ResultTooLarge {
+                            size: size as u64,
+                            max: max as u64,
+                        })
+                    }
+                    Err(EncodeFailure::Internal(what)) => Err(self.internal_error(id, &what)),
+                }
+            }
+        };
+        sink.send(&Message::Response { id, result: reply });
+    }
+
+    fn internal_error(&self, id: RequestId, what: &str) -> ServerError {
+        tracing::error!(conn = self.shared.conn_id, request = id.0, panic = %what, "internal error while running a request");
+        ServerError::InvalidRequest(format!("internal server error: {what}"))
     }
 
     /// Turns a Python error into the reply's error, logging client exceptions as stock RPyC
@@ -326,11 +545,11 @@ impl<'s> ConnState<'s> {
         }
     }
 
-    fn op(&mut self, py: Python<'_>, op: Op) -> Result<Value, ServerError> {
+    fn op<'py>(&mut self, py: Python<'py>, op: Op) -> Result<Reply<'py>, ServerError> {
         match op {
             Op::Execute { code } => {
                 self.run_code(py, &code, false)?;
-                Ok(Value::None)
+                Ok(Reply::Value(Value::None))
             }
             Op::Eval { expr, mode } => {
                 let result = self.run_code(py, &expr, true)?;
@@ -357,12 +576,12 @@ impl<'s> ConnState<'s> {
                 let obj = self.table.get(py, obj)?;
                 let value = self.arg(py, &value)?;
                 self.py(py, obj.setattr(name, value))?;
-                Ok(Value::None)
+                Ok(Reply::Value(Value::None))
             }
             Op::DelAttr { obj, name } => {
                 let obj = self.table.get(py, obj)?;
                 self.py(py, obj.delattr(name))?;
-                Ok(Value::None)
+                Ok(Reply::Value(Value::None))
             }
             Op::Call { obj, args, mode } => {
                 let obj = self.table.get(py, obj)?;
@@ -391,44 +610,39 @@ impl<'s> ConnState<'s> {
                 let key = self.arg(py, &key)?;
                 let value = self.arg(py, &value)?;
                 self.py(py, obj.set_item(key, value))?;
-                Ok(Value::None)
+                Ok(Reply::Value(Value::None))
             }
             Op::DelItem { obj, key } => {
                 let obj = self.table.get(py, obj)?;
                 let key = self.arg(py, &key)?;
                 self.py(py, obj.del_item(key))?;
-                Ok(Value::None)
+                Ok(Reply::Value(Value::None))
             }
             Op::Len { obj } => {
                 let obj = self.table.get(py, obj)?;
                 let len = self.py(py, obj.len())?;
-                Ok(Value::from(len))
+                Ok(Reply::Value(Value::from(len)))
             }
             Op::Contains { obj, item } => {
                 let obj = self.table.get(py, obj)?;
                 let item = self.arg(py, &item)?;
-                Ok(Value::Bool(self.py(py, obj.contains(item))?))
+                Ok(Reply::Value(Value::Bool(self.py(py, obj.contains(item))?)))
             }
             Op::Iter { obj, batch, mode } => {
                 let obj = self.table.get(py, obj)?;
                 let iter = self.py(py, obj.try_iter())?;
                 let (items, done) = self.batch(py, &iter, batch, mode)?;
-                let handle = if done {
-                    Value::None
-                } else {
-                    self.out(py, iter.as_any(), ReturnMode::Ref)?
-                };
-                Ok(Value::Tuple(vec![
-                    handle,
-                    Value::List(items),
-                    Value::Bool(done),
-                ]))
+                Ok(Reply::Iter {
+                    handle: (!done).then(|| iter.into_any()),
+                    items,
+                    done,
+                })
             }
             Op::Next { iter, batch, mode } => {
                 let obj = self.table.get(py, iter)?;
                 let iter = self.py(py, obj.cast_into::<PyIterator>().map_err(PyErr::from))?;
                 let (items, done) = self.batch(py, &iter, batch, mode)?;
-                Ok(Value::Tuple(vec![Value::List(items), Value::Bool(done)]))
+                Ok(Reply::Next { items, done })
             }
             Op::Repr { obj } => {
                 let obj = self.table.get(py, obj)?;
@@ -461,7 +675,7 @@ impl<'s> ConnState<'s> {
             }
             Op::Hash { obj } => {
                 let obj = self.table.get(py, obj)?;
-                Ok(Value::from(self.py(py, obj.hash())?))
+                Ok(Reply::Value(Value::from(self.py(py, obj.hash())?)))
             }
             Op::Obtain { obj } => {
                 let obj = self.table.get(py, obj)?;
@@ -474,17 +688,25 @@ impl<'s> ConnState<'s> {
         result.map_err(|e| self.error(py, e))
     }
 
-    fn out(
-        &mut self,
-        py: Python<'_>,
-        obj: &Bound<'_, PyAny>,
+    /// A Python object as the result, by the rules of `mode`; it is converted when the reply is
+    /// written.
+    fn out<'py>(
+        &self,
+        _py: Python<'py>,
+        obj: &Bound<'py, PyAny>,
         mode: ReturnMode,
-    ) -> Result<Value, ServerError> {
-        to_value(obj, mode, &mut self.table).map_err(|e| self.error(py, e))
+    ) -> Result<Reply<'py>, ServerError> {
+        Ok(Reply::Object(obj.clone(), mode))
     }
 
-    fn string(&self, py: Python<'_>, s: &Bound<'_, PyString>) -> Result<Value, ServerError> {
-        Ok(Value::Str(self.py(py, s.to_str())?.to_owned()))
+    fn string<'py>(
+        &self,
+        py: Python<'py>,
+        s: &Bound<'_, PyString>,
+    ) -> Result<Reply<'py>, ServerError> {
+        Ok(Reply::Value(Value::Str(
+            self.py(py, s.to_str())?.to_owned(),
+        )))
     }
 
     fn arg<'py>(&self, py: Python<'py>, value: &Value) -> Result<Bound<'py, PyAny>, ServerError> {
@@ -516,13 +738,15 @@ impl<'s> ConnState<'s> {
         self.py(py, callable.call(positional, kwargs.as_ref()))
     }
 
-    fn batch(
+    /// The next batch of an iterator. Items copied by value are copied as they are produced (the
+    /// iterator may change them afterwards); the others are converted when the reply is written.
+    fn batch<'py>(
         &mut self,
-        py: Python<'_>,
-        iter: &Bound<'_, PyIterator>,
+        py: Python<'py>,
+        iter: &Bound<'py, PyIterator>,
         batch: u32,
         mode: ReturnMode,
-    ) -> Result<(Vec<Value>, bool), ServerError> {
+    ) -> Result<(Vec<Reply<'py>>, bool), ServerError> {
         let batch = batch.clamp(1, MAX_BATCH) as usize;
         let mut items = Vec::with_capacity(batch.min(1024));
         let mut iter = iter.clone();
@@ -530,7 +754,13 @@ impl<'s> ConnState<'s> {
             match iter.next() {
                 Some(item) => {
                     let item = self.py(py, item)?;
-                    items.push(self.out(py, &item, mode)?);
+                    items.push(match mode {
+                        ReturnMode::Value => Reply::Value(
+                            to_value(&item, mode, &mut self.table)
+                                .map_err(|e| self.error(py, e))?,
+                        ),
+                        ReturnMode::Auto | ReturnMode::Ref => Reply::Object(item, mode),
+                    });
                 }
                 None => return Ok((items, true)),
             }
