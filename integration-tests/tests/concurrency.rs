@@ -69,3 +69,34 @@ async fn a_long_call_does_not_block_other_connections() -> anyhow::Result<()> {
     sleeping.await??;
     Ok(())
 }
+
+/// Idle connections cost no thread: requests run on the executor pool, not on a thread per
+/// connection.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn idle_connections_cost_no_thread() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let threads = || -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/task", server.pid()))?.count())
+    };
+    let first = connect(&server).await?;
+    assert_eq!(first.eval::<i64>("1").await?, 1);
+    let before = threads()?;
+    let mut conns = Vec::new();
+    for i in 0..100i64 {
+        let conn = connect(&server).await?;
+        conn.execute(&format!("n = {i}")).await?;
+        conns.push(conn);
+    }
+    let after = threads()?;
+    assert!(
+        after < before + 10,
+        "100 idle connections added {} threads",
+        after - before
+    );
+    // And each still has its own namespace.
+    for (i, conn) in conns.iter().enumerate() {
+        assert_eq!(conn.eval::<usize>("n").await?, i);
+    }
+    Ok(())
+}
