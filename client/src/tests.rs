@@ -114,6 +114,48 @@ async fn a_timeout_cancels_the_request_and_the_connection_lives_on() {
 }
 
 #[tokio::test]
+async fn a_shorter_deadline_behind_a_longer_one_still_times_out_on_time() {
+    let mut fake = Fake::start().await;
+    let conn = connect(&fake).await;
+    let sleep = || Op::Eval {
+        expr: "sleep".into(),
+        mode: ReturnMode::Value,
+    };
+    // Pending with the default (long) timeout: the deadline watcher sleeps until then...
+    let long = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.request(sleep()).await }
+    });
+    let first = request_id_of(&mut fake, "sleep").await;
+    // ...and must wake earlier for these.
+    for timeout in [Duration::from_millis(30), Duration::ZERO] {
+        let started = std::time::Instant::now();
+        let err = conn
+            .request_with_timeout(sleep(), timeout)
+            .await
+            .expect_err("times out");
+        assert!(
+            matches!(err, Error::Timeout { timeout: t } if t == timeout),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let id = request_id_of(&mut fake, "sleep").await;
+        assert_eq!(fake.next_seen().await, Message::Cancel { id });
+    }
+    assert_eq!(conn.eval::<i64>("5").await.expect("still usable"), 5);
+    assert!(!long.is_finished());
+    long.abort();
+    assert_eq!(
+        fake.wait_for(|m| matches!(m, Message::Cancel { .. })).await,
+        Message::Cancel { id: first }
+    );
+}
+
+#[tokio::test]
 async fn dropping_a_call_cancels_it() {
     let mut fake = Fake::start().await;
     let conn = connect(&fake).await;
@@ -513,6 +555,41 @@ async fn pipelined_calls_from_many_tasks() {
     for (i, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.await.expect("join").expect("eval"), i as i64);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_requests_from_many_tasks_keep_their_order() {
+    // Frames larger than the socket buffers are left partly written for the writer task, and
+    // requests made meanwhile queue behind them; every reply must match its request.
+    let fake = Fake::start().await;
+    let conn = connect(&fake).await;
+    let tasks: Vec<_> = (0..16u8)
+        .map(|t| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                for i in 0..8u8 {
+                    let key = if (t + i) % 5 == 0 {
+                        Value::Bytes(vec![t ^ i; 4 << 20])
+                    } else {
+                        Value::Int(i64::from(t) * 100 + i64::from(i))
+                    };
+                    let echoed = conn
+                        .request(Op::GetItem {
+                            obj: NetRefId(1),
+                            key: key.clone(),
+                            mode: ReturnMode::Value,
+                        })
+                        .await
+                        .expect("getitem");
+                    assert!(echoed == key, "task {t}, call {i}: wrong reply");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join");
+    }
+    assert_eq!(conn.eval::<i64>("5").await.expect("eval"), 5);
 }
 
 #[tokio::test]
