@@ -18,17 +18,10 @@
 //! ```
 
 use rpyc_client::{Connection, Error};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let conn = Connection::connect(addr).await?;
 
     conn.execute("x = 1\ny = 0").await?;

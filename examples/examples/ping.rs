@@ -21,20 +21,13 @@
 use std::time::{Duration, Instant};
 
 use rpyc_client::Connection;
-use tracing_subscriber::EnvFilter;
 
 /// How long the example waits for the server to be stopped.
 const WAIT_FOR_STOP: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let conn = Connection::builder(addr.as_str())
         .timeout(Duration::from_secs(10))
         .connect()

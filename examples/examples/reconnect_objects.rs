@@ -27,20 +27,13 @@
 use std::time::{Duration, Instant};
 
 use rpyc_client::{Connection, ReconnectPolicy};
-use tracing_subscriber::EnvFilter;
 
 /// How long the example waits for the server to be restarted.
 const WAIT_FOR_RESTART: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let policy = ReconnectPolicy::new()
         .initial_backoff(Duration::from_millis(100))
         .max_backoff(Duration::from_secs(1))

@@ -33,20 +33,13 @@
 use std::time::{Duration, Instant};
 
 use rpyc_client::Connection;
-use tracing_subscriber::EnvFilter;
 
 /// The request timeout of this example's connection.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let conn = Connection::builder(addr).timeout(TIMEOUT).connect().await?;
     println!("request timeout: {} ms", TIMEOUT.as_millis());
     conn.execute("import time\nmarker = 'before'\nspins = 0")

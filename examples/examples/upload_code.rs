@@ -22,20 +22,13 @@ use std::path::Path;
 
 use anyhow::Context;
 use rpyc_client::{Connection, Value};
-use tracing_subscriber::EnvFilter;
 
 /// The module name the file is uploaded as.
 const MODULE: &str = "remote_code";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let conn = Connection::connect(addr).await?;
 
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("remote_code.py");

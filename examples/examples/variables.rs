@@ -20,17 +20,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rpyc_client::Connection;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let conn = Connection::connect(addr).await?;
 
     // A variable: created, changed, read back.

@@ -31,7 +31,6 @@
 use std::time::{Duration, Instant};
 
 use rpyc_client::{Connection, ReconnectPolicy};
-use tracing_subscriber::EnvFilter;
 
 /// Restores the remote state on each new connection.
 const SETUP: &str = "\
@@ -49,13 +48,7 @@ const CALLS_AFTER: u32 = 3;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "localhost".into());
+    let addr = rpyc_examples::init();
     let policy = ReconnectPolicy::new()
         .initial_backoff(Duration::from_millis(100))
         .multiplier(2.0)

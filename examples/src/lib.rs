@@ -1,5 +1,5 @@
-//! The RPyC classic tutorial as runnable Rust programs; this library is empty, the programs are
-//! in `examples/`, one per scenario of the stock Python scripts:
+//! The RPyC classic tutorial as runnable Rust programs; the programs are in `examples/`, one per
+//! scenario of the stock Python scripts, and this library holds the start-up they share:
 //!
 //! | Example | Stock script | Shows |
 //! |---|---|---|
@@ -20,3 +20,18 @@
 //! ```
 //!
 //! Each example is run against the real server by `integration-tests/tests/examples.rs`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Start-up shared by the examples: logs to stderr filtered by `RUST_LOG`, and returns the
+/// server address from the first argument (default `localhost`, port 18812 unless given as
+/// `host:port`).
+pub fn init() -> String {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "localhost".into())
+}
