@@ -565,35 +565,27 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tcp_frames_with_shared_bytes_arrive_in_order() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
         let (server, _) = listener.accept().await?;
         // A small send buffer: writes end part-way through pieces, often.
         socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024)?;
         let (_read, write) = server.into_split();
         let outbox = Arc::new(Outbox::tcp(write, 1 << 30));
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn({
-            let outbox = Arc::clone(&outbox);
-            let stop = stop.clone();
-            async move { outbox.run(stop).await }
-        });
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.map(|_| got)
-        });
-        let expected = send_mix(&outbox);
-        stop.cancel();
-        writer.await?;
-        let got = reader.await??;
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "the stream differs");
-        Ok(())
+        check_order(outbox, client).await
     }
 
     #[tokio::test]
     async fn stream_frames_with_shared_bytes_arrive_in_order() -> anyhow::Result<()> {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (client, server) = tokio::io::duplex(64 * 1024);
         let outbox = Arc::new(Outbox::stream(Box::new(server), 1 << 30));
+        check_order(outbox, client).await
+    }
+
+    /// Sends the mix through `outbox` while `client` reads, and compares the bytes.
+    async fn check_order(
+        outbox: Arc<Outbox>,
+        mut client: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let writer = tokio::spawn({
             let outbox = Arc::clone(&outbox);
