@@ -26,9 +26,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid --log filter {f:?}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // Log lines are written by a background thread, so a Python thread that logs a client's
+    // exception (with its traceback) never waits for stderr while it holds the GIL, and a
+    // stderr nobody reads cannot freeze the server (lines beyond the buffer are dropped then).
+    // The guard flushes what is left when main returns.
+    let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
