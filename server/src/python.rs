@@ -1,10 +1,11 @@
 //! Everything that touches CPython. No other module of the server imports `pyo3`.
 //!
 //! - [`init`]: start the embedded interpreter (Python home, virtual environment, helpers).
-//! - [`Worker`]: one OS thread per connection that runs that connection's requests in order,
-//!   holding the GIL only while it works; it owns the connection's namespace and object table.
-//! - [`ClassicWorker`]: the same for a stock Python RPyC client (issue 6), speaking RPyC's own
-//!   protocol (brine values, netrefs both ways, callbacks into the client).
+//! - [`Worker`]: a connection's Python side (namespace, object table, command queue); its
+//!   requests run in order on the executor pool (`pool`), a few threads shared by all
+//!   connections that keep the GIL while any connection has work.
+//! - [`ClassicWorker`]: a stock Python RPyC client (issue 6), on an OS thread of its own,
+//!   speaking RPyC's own protocol (brine values, netrefs both ways, callbacks into the client).
 //! - `objects`, `convert`, `exception`: the object table, `Value` ↔ Python conversion, and
 //!   `PyErr` → [`RemoteException`](rpyc_protocol::RemoteException).
 //!
