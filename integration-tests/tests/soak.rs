@@ -252,3 +252,49 @@ async fn a_client_that_never_reads_cannot_grow_server_memory() -> anyhow::Result
     drop((read, write));
     assert_healthy(&server).await
 }
+
+/// Big requests sent faster than they run: the server queues at most about a frame's worth of
+/// them (decoded arguments included), not all of them.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_requests_faster_than_they_run_are_not_all_buffered() -> anyhow::Result<()> {
+    let server = TestServer::builder()
+        .arg("--max-frame-bytes")
+        .arg((8 << 20).to_string())
+        .start()?;
+    let pid = server.pid();
+    let conn = connect(&server).await?;
+    let slow_len = conn
+        .eval_object("lambda b: __import__('time').sleep(0.05) or len(b)")
+        .await?;
+    let (_, rss_before) = threads_and_rss_kb(pid)?;
+    // 40 calls with 4 MiB arguments, all sent at once: 160 MiB if the server queued them all.
+    let payload = serde_bytes::ByteBuf::from(vec![7u8; 4 << 20]);
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let f = slow_len.clone();
+        let arg = rpyc_client::Value::Bytes(payload.to_vec());
+        calls.push(tokio::spawn(
+            async move { f.call_as::<usize>((arg,)).await },
+        ));
+    }
+    let mut peak = 0;
+    let watch = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peak = peak.max(threads_and_rss_kb(pid)?.1);
+        }
+        anyhow::Ok(())
+    };
+    watch.await?;
+    for call in calls {
+        assert_eq!(call.await??, 4 << 20);
+    }
+    peak = peak.max(threads_and_rss_kb(pid)?.1);
+    println!("40 x 4 MiB requests: RSS {rss_before} kB -> peak {peak} kB");
+    assert!(
+        peak < rss_before + 100 * 1024,
+        "RSS grew from {rss_before} kB to {peak} kB"
+    );
+    assert_healthy(&server).await
+}

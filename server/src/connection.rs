@@ -158,15 +158,27 @@ async fn serve_native(
     // While replies go out at once, up to MAX_IN_FLIGHT requests run ahead (pipelining); while
     // some wait to be written (a slow reader), one at a time; above the outbox's high-water
     // mark, none, and once the held requests pass a frame's worth of bytes the socket is no
-    // longer read. So a client that does not read its replies cannot make the server buffer
-    // without bound, while ping and cancel are still read until then.
+    // longer read. So a client that does not read its replies, or that sends big requests faster
+    // than they run, cannot make the server buffer without bound, while ping and cancel are
+    // still read until then.
+    // Requests handed to the worker also hold their (decoded) arguments: at most a frame's
+    // worth of them is queued at once, counted since the worker was last idle.
     let mut held: VecDeque<Held> = VecDeque::new();
     let mut held_bytes = 0usize;
+    let mut queued_bytes = 0usize;
     let outcome = loop {
-        while !held.is_empty() && may_start(&worker, &outbox) {
+        if worker.in_flight() == 0 {
+            queued_bytes = 0;
+        }
+        while let Some(next) = held.front() {
+            let fits = queued_bytes == 0 || queued_bytes + next.bytes() <= config.max_frame_bytes;
+            if !fits || !may_start(&worker, &outbox) {
+                break;
+            }
             match held.pop_front() {
                 Some(Held::Request { id, op, bytes }) => {
                     held_bytes -= bytes;
+                    queued_bytes += bytes;
                     if let Err(e) = worker.submit(id, op) {
                         outbox.send(&Message::Response {
                             id,
