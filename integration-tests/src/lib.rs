@@ -312,30 +312,47 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     }
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            // target/<profile>/deps/<test-binary> → target/<profile>/
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .ok_or("cannot locate the target directory")?;
-            let bin = profile_dir.join(format!("rpyc-classic{}", std::env::consts::EXE_SUFFIX));
+            let bin = profile_dir()?.join(format!("rpyc-classic{}", std::env::consts::EXE_SUFFIX));
             if !bin.exists() {
-                let release = profile_dir.ends_with("release");
-                let mut cargo =
-                    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-                cargo.args(["build", "-p", "rpyc-server", "--bin", "rpyc-classic"]);
-                if release {
-                    cargo.arg("--release");
-                }
-                let status = cargo
-                    .status()
-                    .map_err(|e| format!("cannot run cargo: {e}"))?;
-                if !status.success() {
-                    return Err(format!("cargo build of rpyc-classic failed: {status}"));
-                }
+                cargo_build(&["-p", "rpyc-server", "--bin", "rpyc-classic"])?;
             }
             Ok(bin)
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// `target/<profile>/` of the running test executable (`target/<profile>/deps/<test>`).
+///
+/// # Errors
+/// If the executable's path has no such parents.
+pub fn profile_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| "cannot locate the target directory".to_owned())
+}
+
+/// Runs `cargo build ARGS` for the profile of the running tests (release if they are).
+///
+/// # Errors
+/// If cargo cannot run or the build fails.
+pub fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .arg("build")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir()?.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build {} failed: {status}", args.join(" ")))
+    }
 }

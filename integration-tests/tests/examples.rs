@@ -24,26 +24,8 @@ fn examples_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            // target/<profile>/deps/<test-binary> → target/<profile>/
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .ok_or("cannot locate the target directory")?;
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "-p", "rpyc-examples", "--examples"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let status = cargo
-                .status()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build of the examples failed: {status}"));
-            }
-            Ok(profile_dir.join("examples"))
+            rpyc_integration_tests::cargo_build(&["-p", "rpyc-examples", "--examples"])?;
+            Ok(rpyc_integration_tests::profile_dir()?.join("examples"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
