@@ -354,37 +354,41 @@ fn len32(len: usize) -> Result<u32, BrineError> {
     u32::try_from(len).map_err(|_| BrineError::Unencodable("longer than 2^32-1"))
 }
 
-fn encode_bytes(b: &[u8], dst: &mut Vec<u8>) -> Result<(), BrineError> {
-    match b.len() {
-        0 => dst.push(TAG_EMPTY_STR),
-        // STR1..STR4 are consecutive tags.
-        n @ 1..=4 => dst.push(TAG_STR1 + (n as u8 - 1)),
+/// The tag and length of a string or tuple: `[empty, one, l1, l4]` are its tags (the one- to
+/// four-item tags are consecutive from `one`).
+fn encode_header(len: usize, tags: [u8; 4], dst: &mut Vec<u8>) -> Result<(), BrineError> {
+    let [empty, one, l1, l4] = tags;
+    match len {
+        0 => dst.push(empty),
+        n @ 1..=4 => dst.push(one + (n as u8 - 1)),
         n @ 5..=255 => {
-            dst.push(TAG_STR_L1);
+            dst.push(l1);
             dst.push(n as u8);
         }
         n => {
-            dst.push(TAG_STR_L4);
+            dst.push(l4);
             dst.extend_from_slice(&len32(n)?.to_be_bytes());
         }
     }
+    Ok(())
+}
+
+fn encode_bytes(b: &[u8], dst: &mut Vec<u8>) -> Result<(), BrineError> {
+    encode_header(
+        b.len(),
+        [TAG_EMPTY_STR, TAG_STR1, TAG_STR_L1, TAG_STR_L4],
+        dst,
+    )?;
     dst.extend_from_slice(b);
     Ok(())
 }
 
 fn encode_tuple(items: &[Value], dst: &mut Vec<u8>) -> Result<(), BrineError> {
-    match items.len() {
-        0 => dst.push(TAG_EMPTY_TUPLE),
-        n @ 1..=4 => dst.push(TAG_TUP1 + (n as u8 - 1)),
-        n @ 5..=255 => {
-            dst.push(TAG_TUP_L1);
-            dst.push(n as u8);
-        }
-        n => {
-            dst.push(TAG_TUP_L4);
-            dst.extend_from_slice(&len32(n)?.to_be_bytes());
-        }
-    }
+    encode_header(
+        items.len(),
+        [TAG_EMPTY_TUPLE, TAG_TUP1, TAG_TUP_L1, TAG_TUP_L4],
+        dst,
+    )?;
     for item in items {
         encode(item, dst)?;
     }

@@ -41,14 +41,10 @@ pub(super) fn dumpable(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<
     } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
         Value::Float(f.value())
     } else if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        let mut items = Vec::with_capacity(t.len());
-        for item in t.iter() {
-            match dumpable(&item, depth + 1)? {
-                Some(v) => items.push(v),
-                None => return Ok(None),
-            }
+        match dumpable_all(t.iter(), depth)? {
+            Some(items) => Value::Tuple(items),
+            None => return Ok(None),
         }
-        Value::Tuple(items)
     } else if let Ok(c) = obj.cast_exact::<PyComplex>() {
         Value::Complex {
             re: c.real(),
@@ -59,29 +55,38 @@ pub(super) fn dumpable(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<
     } else if obj.is(py.Ellipsis()) {
         Value::Ellipsis
     } else if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-        let mut items = Vec::with_capacity(s.len());
-        for item in s.iter() {
-            match dumpable(&item, depth + 1)? {
-                Some(v) => items.push(v),
-                None => return Ok(None),
-            }
+        match dumpable_all(s.iter(), depth)? {
+            Some(items) => Value::FrozenSet(items),
+            None => return Ok(None),
         }
-        Value::FrozenSet(items)
     } else if obj.is_exact_instance_of::<PySlice>() {
-        let mut parts = Vec::with_capacity(3);
-        for name in ["start", "stop", "step"] {
-            match dumpable(&obj.getattr(name)?, depth + 1)? {
-                Some(v) => parts.push(v),
-                None => return Ok(None),
-            }
-        }
-        match <[Value; 3]>::try_from(parts) {
-            Ok(parts) => Value::Slice(Box::new(parts)),
-            Err(_) => return Ok(None),
+        let parts = ["start", "stop", "step"]
+            .into_iter()
+            .map(|name| obj.getattr(name))
+            .collect::<PyResult<Vec<_>>>()?;
+        match dumpable_all(parts.into_iter(), depth)?.map(<[Value; 3]>::try_from) {
+            Some(Ok(parts)) => Value::Slice(Box::new(parts)),
+            _ => return Ok(None),
         }
     } else {
         return Ok(None);
     }))
+}
+
+/// The brine values of `items` (one level deeper than `depth`), or `None` if any of them has
+/// none.
+fn dumpable_all<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> PyResult<Option<Vec<Value>>> {
+    let mut out = Vec::new();
+    for item in items {
+        match dumpable(&item, depth + 1)? {
+            Some(v) => out.push(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The Python object of a brine value.
