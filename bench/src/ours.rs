@@ -283,23 +283,29 @@ pub(crate) async fn concurrent(
     let mut tasks = tokio::task::JoinSet::new();
     for conn in conns {
         tasks.spawn(async move {
-            let mut samples = Vec::with_capacity(ops);
-            for _ in 0..ops {
-                let t = Instant::now();
-                ensure!(conn.eval::<i64>("1+1").await? == 2);
-                samples.push(t.elapsed().as_nanos() as u64);
-                if Instant::now() > deadline {
-                    break;
-                }
-            }
+            let samples = eval_loop(&conn, ops, deadline).await;
             conn.close().await;
-            anyhow::Ok(samples)
+            samples
         });
     }
     let samples = join_samples(tasks).await?;
     let wall = t0.elapsed();
     let n = samples.len() as u64;
     Ok(Figure::new(samples, Unit::Concurrent, Some((wall, n))))
+}
+
+/// Up to `ops` sequential `eval('1+1')` on `conn` until `deadline`: the time of each, in ns.
+async fn eval_loop(conn: &Connection, ops: usize, deadline: Instant) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(ops);
+    for _ in 0..ops {
+        let t = Instant::now();
+        ensure!(conn.eval::<i64>("1+1").await? == 2);
+        samples.push(t.elapsed().as_nanos() as u64);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    Ok(samples)
 }
 
 /// One connection cloned into `tasks` tasks, each running `ops` sequential `eval('1+1')`: up
@@ -319,18 +325,7 @@ pub(crate) async fn pipelined(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..tasks_n {
         let conn = conn.clone();
-        tasks.spawn(async move {
-            let mut samples = Vec::with_capacity(ops);
-            for _ in 0..ops {
-                let t = Instant::now();
-                ensure!(conn.eval::<i64>("1+1").await? == 2);
-                samples.push(t.elapsed().as_nanos() as u64);
-                if Instant::now() > deadline {
-                    break;
-                }
-            }
-            anyhow::Ok(samples)
-        });
+        tasks.spawn(async move { eval_loop(&conn, ops, deadline).await });
     }
     let samples = join_samples(tasks).await?;
     let wall = t0.elapsed();
