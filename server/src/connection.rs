@@ -149,9 +149,7 @@ async fn serve_native(
     if !welcome_sent {
         outbox.send(&welcome);
     }
-    // The thread starts while the welcome is on its way; requests queue until it is ready.
-    let worker =
-        Worker::spawn(conn_id, Arc::clone(&outbox) as _).map_err(ConnectionError::Worker)?;
+    let worker = Worker::new(conn_id, Arc::clone(&outbox) as _);
 
     let mut frames = FramedRead::new(read, codec::framing(config.max_frame_bytes));
     // Flow control: requests the worker may not start yet wait here, in order with releases.
@@ -179,12 +177,7 @@ async fn serve_native(
                 Some(Held::Request { id, op, bytes }) => {
                     held_bytes -= bytes;
                     queued_bytes += bytes;
-                    if let Err(e) = worker.submit(id, op) {
-                        outbox.send(&Message::Response {
-                            id,
-                            result: Err(ServerError::InvalidRequest(e.to_string())),
-                        });
-                    }
+                    worker.submit(id, op);
                 }
                 Some(Held::Release(ids)) => worker.release(ids),
                 None => break,

@@ -224,18 +224,10 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// The worker of a connection cannot take requests any more.
-#[derive(Debug, thiserror::Error)]
-#[error("the Python worker of connection {0} has stopped")]
-pub struct WorkerGone(u64);
-
 impl Worker {
     /// Sets up the Python side of connection `conn_id`; its requests run on the executor pool
-    /// (see the `pool` module), in order, one at a time.
-    ///
-    /// # Errors
-    /// Never today; kept so that a worker that needs OS resources can report their lack.
-    pub fn spawn(conn_id: u64, reply: Arc<dyn ReplySink>) -> std::io::Result<Worker> {
+    /// (see the `pool` module), in order, one at a time. No thread is started for it.
+    pub fn new(conn_id: u64, reply: Arc<dyn ReplySink>) -> Worker {
         let shared = Arc::new(Shared {
             conn_id,
             running: AtomicU64::new(0),
@@ -244,7 +236,7 @@ impl Worker {
             in_flight: AtomicUsize::new(0),
             answered: tokio::sync::Notify::new(),
         });
-        Ok(Worker {
+        Worker {
             conn: Arc::new(Conn {
                 shared,
                 sink: reply,
@@ -253,18 +245,14 @@ impl Worker {
                 congested: std::sync::atomic::AtomicBool::new(false),
                 closing: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     /// Queues a request; its reply goes to the [`ReplySink`].
-    ///
-    /// # Errors
-    /// If the worker has stopped.
-    pub fn submit(&self, id: RequestId, op: Op) -> Result<(), WorkerGone> {
+    pub fn submit(&self, id: RequestId, op: Op) {
         let span = tracing::debug_span!("request", conn = self.conn.shared.conn_id, id = id.0);
         self.conn.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         self.conn.push(Command::Run { id, op, span });
-        Ok(())
     }
 
     /// Requests submitted and not answered yet.
