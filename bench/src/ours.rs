@@ -235,7 +235,7 @@ pub(crate) async fn run(
             timed(
                 count,
                 budget,
-                || Value::Bytes(payload.clone()),
+                || Value::bytes(payload.clone()),
                 move |arg| async move {
                     ensure!(len.call_as::<usize>((arg,)).await? == size);
                     Ok(())

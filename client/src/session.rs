@@ -37,7 +37,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 use tracing::{debug, trace, warn};
 
 use crate::error::{Error, Result};
@@ -535,11 +535,7 @@ impl Session {
     async fn handshake(
         peer: &str,
         config: &Config,
-    ) -> Result<(
-        ServerInfo,
-        FramedRead<Reader, LengthDelimitedCodec>,
-        WriteHalf,
-    )> {
+    ) -> Result<(ServerInfo, FramedRead<Reader, codec::FrameCodec>, WriteHalf)> {
         let tcp = TcpStream::connect(peer)
             .await
             .map_err(|e| io_error(format_args!("cannot connect to {peer}"), &e))?;
@@ -1144,15 +1140,16 @@ async fn write_stream(outbox: &Outbox, mut writer: Writer) -> io::Result<()> {
     }
 }
 
-async fn read_loop(mut stream: FramedRead<Reader, LengthDelimitedCodec>, shared: Arc<Shared>) {
+async fn read_loop(mut stream: FramedRead<Reader, codec::FrameCodec>, shared: Arc<Shared>) {
     let send = |message: &Message| shared.send_quietly(message);
     let reason = loop {
         let frame = match stream.next().await {
             None => break "the server closed the connection".to_owned(),
             Some(Err(e)) => break format!("reading failed: {e}"),
-            Some(Ok(frame)) => frame,
+            Some(Ok(frame)) => frame.freeze(),
         };
-        let message = match codec::decode(&frame) {
+        // Large byte strings in a reply share the frame rather than being copied out of it.
+        let message = match codec::decode_shared(&frame) {
             Ok(message) => message,
             Err(e) => break format!("the server sent a malformed frame: {e}"),
         };

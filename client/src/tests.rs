@@ -569,7 +569,7 @@ async fn large_and_small_requests_from_many_tasks_keep_their_order() {
             tokio::spawn(async move {
                 for i in 0..8u8 {
                     let key = if (t + i) % 5 == 0 {
-                        Value::Bytes(vec![t ^ i; 4 << 20])
+                        Value::bytes(vec![t ^ i; 4 << 20])
                     } else {
                         Value::Int(i64::from(t) * 100 + i64::from(i))
                     };

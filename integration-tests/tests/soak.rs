@@ -273,7 +273,7 @@ async fn big_requests_faster_than_they_run_are_not_all_buffered() -> anyhow::Res
     let mut calls = Vec::new();
     for _ in 0..40 {
         let f = slow_len.clone();
-        let arg = rpyc_client::Value::Bytes(payload.to_vec());
+        let arg = rpyc_client::Value::bytes(payload.to_vec());
         calls.push(tokio::spawn(
             async move { f.call_as::<usize>((arg,)).await },
         ));

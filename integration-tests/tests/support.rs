@@ -12,7 +12,7 @@ use rpyc_protocol::{Message, codec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 /// Connects a client with a short default timeout, so a hang fails the test quickly.
 pub(crate) async fn connect(server: &TestServer) -> anyhow::Result<Connection> {
@@ -42,7 +42,7 @@ pub(crate) async fn assert_healthy(server: &TestServer) -> anyhow::Result<()> {
 
 /// A raw connection that has done the greeting, for tests that send hand-made frames.
 pub(crate) struct Raw {
-    pub(crate) read: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    pub(crate) read: FramedRead<OwnedReadHalf, codec::FrameCodec>,
     pub(crate) write: tokio::net::tcp::OwnedWriteHalf,
 }
 

@@ -26,7 +26,7 @@ async fn every_value_type_travels_both_ways() -> anyhow::Result<()> {
         (Value::Float(2.5), "float"),
         (Value::Complex { re: 1.0, im: -2.0 }, "complex"),
         (Value::Str("héllo ✓".into()), "str"),
-        (Value::Bytes(vec![0, 1, 255]), "bytes"),
+        (Value::bytes(vec![0, 1, 255]), "bytes"),
         (
             Value::Tuple(vec![Value::Int(1), Value::Str("a".into())]),
             "tuple",
@@ -158,5 +158,65 @@ async fn variables_persist_per_connection_and_are_isolated() -> anyhow::Result<(
     a.execute("def add(y):\n    return x + y").await?;
     assert_eq!(a.eval::<i64>("add(8)").await?, 50);
     assert_eq!(a.eval::<String>("__name__").await?, "__main__");
+    Ok(())
+}
+
+/// Byte strings around the sizes where the wire stops copying them (64 KiB: shared with the
+/// frame; 1 MiB: a frame buffer of its own, huge pages), both ways, next to small ones.
+#[tokio::test]
+async fn large_byte_strings_arrive_intact_both_ways() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    let pattern = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                (i as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(seed ^ (i >> 9) as u8)
+            })
+            .collect()
+    };
+    let sizes = [65_535, 65_536, (1 << 20) - 1, 1 << 20, (3 << 20) + 17];
+    let digest = conn
+        .eval_object(
+            "lambda xs: [(len(x), __import__('hashlib').sha256(x).hexdigest()) for x in xs]",
+        )
+        .await?;
+    for (i, &n) in sizes.iter().enumerate() {
+        let big = pattern(n, i as u8);
+        let small = pattern(10, 99);
+        let arg = Value::List(vec![Value::bytes(small.clone()), Value::bytes(big.clone())]);
+        let sums: Vec<(usize, String)> = digest.call_as((arg.clone(),)).await?;
+        let want = conn
+            .eval::<Vec<(usize, String)>>(&format!(
+                "[(len(x), __import__('hashlib').sha256(x).hexdigest()) for x in \
+                 (bytes((i * 31 + ({s} ^ (i >> 9))) & 255 for i in range(10)), \
+                  bytes((i * 31 + ({i} ^ (i >> 9))) & 255 for i in range({n})))]",
+                s = 99
+            ))
+            .await?;
+        assert_eq!(sums, want, "upload of {n} bytes");
+        // Back again, as a `Value` and as a typed buffer.
+        let identity = conn.eval_object("lambda x: x").await?;
+        assert_eq!(
+            identity.call_as::<Value>((arg.clone(),)).await?,
+            arg,
+            "{n} bytes"
+        );
+        let typed: (ByteBuf, ByteBuf) = identity
+            .call_as((Value::Tuple(vec![
+                Value::bytes(small.clone()),
+                Value::bytes(big.clone()),
+            ]),))
+            .await?;
+        assert_eq!(
+            (typed.0.into_vec(), typed.1.into_vec()),
+            (small, big),
+            "{n} bytes"
+        );
+    }
+    // Another client meanwhile still gets right answers.
+    let other = connect(&server).await?;
+    assert_eq!(other.eval::<i64>("6*7").await?, 42);
     Ok(())
 }

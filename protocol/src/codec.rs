@@ -9,10 +9,12 @@
 //! The encoding is bincode 2 (serde API, standard configuration). Everything that knows about
 //! bincode lives in this file, so a change of encoding touches one place.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::ser::{SerializeStructVariant, Serializer};
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::ProtocolError;
 use crate::message::{Message, RequestId};
@@ -38,11 +40,99 @@ const fn config() -> bincode::config::Configuration<
 /// The frame codec: a 4-byte big-endian length prefix, at most `max_frame_bytes` of payload.
 ///
 /// Reading a larger length fails with an `InvalidData` I/O error before any allocation.
-pub fn framing(max_frame_bytes: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(LENGTH_PREFIX_BYTES)
-        .max_frame_length(max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT))
-        .new_codec()
+pub fn framing(max_frame_bytes: usize) -> FrameCodec {
+    FrameCodec {
+        max: max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT),
+        pending: None,
+    }
+}
+
+/// Cuts a byte stream into frames, and writes frames: see [`framing`].
+///
+/// A frame of at least [`memory::LARGE_BUFFER_BYTES`](crate::memory::LARGE_BUFFER_BYTES) is
+/// read into a buffer of its own, allocated once at its full size (see [`crate::memory`]), so
+/// that its payload, frozen into `Bytes`, can be handed on without a copy (see
+/// [`decode_shared`]).
+#[derive(Debug)]
+pub struct FrameCodec {
+    max: usize,
+    /// The payload length of the frame being read, once its prefix has been taken.
+    pending: Option<usize>,
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+                    return Ok(None);
+                };
+                let len = u32::from_be_bytes(*prefix) as usize;
+                if len > self.max {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a frame of {len} bytes is above the limit of {}", self.max),
+                    ));
+                }
+                src.advance(LENGTH_PREFIX_BYTES);
+                if src.capacity() < len {
+                    if len >= crate::memory::LARGE_BUFFER_BYTES {
+                        let mut own = crate::memory::buffer(len);
+                        own.extend_from_slice(src);
+                        *src = own;
+                    } else {
+                        src.reserve(len - src.len());
+                    }
+                }
+                self.pending = Some(len);
+                len
+            }
+        };
+        if src.len() < len {
+            return Ok(None);
+        }
+        self.pending = None;
+        Ok(Some(src.split_to(len)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && self.pending.is_none() => Ok(None),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stream ended in the middle of a frame",
+            )),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|_| payload.len() <= self.max)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a frame of {} bytes is above the limit of {}",
+                        payload.len(),
+                        self.max
+                    ),
+                )
+            })?;
+        dst.reserve(LENGTH_PREFIX_BYTES + payload.len());
+        dst.put_u32(len);
+        dst.extend_from_slice(&payload);
+        Ok(())
+    }
 }
 
 /// Encodes a message into a frame payload.
@@ -208,6 +298,15 @@ impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
         {
             return Ok(());
         }
+        if bytes.len() >= crate::memory::LARGE_BUFFER_BYTES
+            && self.dst.capacity() - self.dst.len() < bytes.len()
+        {
+            // Room for this string and a little more, in one fresh buffer advised onto huge
+            // pages, rather than doubling (and copying) the buffer on the way there.
+            let mut grown = crate::memory::buffer(self.dst.len() + bytes.len() + SHARE_MIN_BYTES);
+            grown.extend_from_slice(self.dst);
+            *self.dst = grown;
+        }
         self.dst.extend_from_slice(bytes);
         Ok(())
     }
@@ -219,7 +318,7 @@ impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
 /// [`ProtocolError::Decode`] if the payload is not a valid message,
 /// [`ProtocolError::TrailingBytes`] if bytes are left after it.
 pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())?;
+    let (message, used) = bincode::serde::borrow_decode_from_slice(payload, config())?;
     if used != payload.len() {
         return Err(ProtocolError::TrailingBytes {
             used,
@@ -227,6 +326,17 @@ pub fn decode(payload: &[u8]) -> Result<Message, ProtocolError> {
         });
     }
     Ok(message)
+}
+
+/// [`decode`], except that large byte strings (64 KiB and more) in the message share
+/// `payload`'s memory instead of being copied out of it; `payload` stays allocated for as long as
+/// any of them lives.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_shared(payload: &Bytes) -> Result<Message, ProtocolError> {
+    let _source = crate::value::SharedSource::enter(payload);
+    decode(payload)
 }
 
 /// The request id of a payload that starts like a [`Message::Request`], even if the rest of it
@@ -244,6 +354,7 @@ pub fn peek_request_id(payload: &[u8]) -> Option<crate::RequestId> {
 mod tests {
     use super::*;
     use crate::{NetRef, NetRefId, ServerError, Value};
+    use tokio_util::codec::{Decoder, Encoder};
 
     fn frame(message: &Message) -> BytesMut {
         let mut out = BytesMut::new();
@@ -256,7 +367,7 @@ mod tests {
         let values = [
             Value::None,
             Value::Int(-1),
-            Value::Bytes(vec![1; 300]),
+            Value::bytes(vec![1; 300]),
             Value::List(vec![
                 Value::Dict(vec![(
                     Value::Str("k".into()),
@@ -284,7 +395,7 @@ mod tests {
 
     #[test]
     fn an_oversized_frame_reports_its_full_size_and_leaves_the_buffer() {
-        let value = Value::Bytes(vec![0; 1000]);
+        let value = Value::bytes(vec![0; 1000]);
         let full = frame(&Message::Response {
             id: RequestId(7),
             result: Ok(value.clone()),
@@ -322,10 +433,10 @@ mod tests {
     fn shared_byte_strings_go_where_they_belong() {
         let big = vec![7u8; SHARE_MIN_BYTES];
         let value = Value::List(vec![
-            Value::Bytes(vec![1; 10]),
-            Value::Bytes(big.clone()),
+            Value::bytes(vec![1; 10]),
+            Value::bytes(big.clone()),
             Value::Str("between".into()),
-            Value::Bytes(big.clone()),
+            Value::bytes(big.clone()),
         ]);
         let want = frame(&Message::Response {
             id: RequestId(5),
@@ -372,6 +483,77 @@ mod tests {
         );
         assert_eq!(offered, 0);
         assert_eq!(&dst[..], b"keep");
+    }
+
+    #[test]
+    fn large_byte_strings_share_the_frame_and_small_ones_are_copied() {
+        let big = vec![9u8; SHARE_MIN_BYTES];
+        let message = Message::Response {
+            id: RequestId(1),
+            result: Ok(Value::List(vec![
+                Value::bytes(vec![1, 2, 3]),
+                Value::bytes(big.clone()),
+            ])),
+        };
+        let payload = codec_payload(&message);
+        let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+        let decoded = decode_shared(&payload).expect("decodes");
+        assert_eq!(decoded, message);
+        let Message::Response {
+            result: Ok(Value::List(items)),
+            ..
+        } = decoded
+        else {
+            unreachable!("checked above")
+        };
+        let inside = |v: &Value| match v {
+            Value::Bytes(b) => range.contains(&(b.as_ptr() as usize)),
+            _ => false,
+        };
+        assert!(!inside(&items[0]), "a small byte string is copied");
+        assert!(inside(&items[1]), "a large one shares the frame");
+        // Converting into a `Value` hands the same memory over.
+        let again: Value = items[1].clone().deserialize_into().expect("converts");
+        assert!(inside(&again));
+        // Plain `decode` copies everything.
+        let Message::Response {
+            result: Ok(Value::List(copied)),
+            ..
+        } = decode(&payload).expect("decodes")
+        else {
+            unreachable!("same payload")
+        };
+        assert!(!inside(&copied[1]));
+        assert_eq!(copied, items);
+    }
+
+    fn codec_payload(message: &Message) -> Bytes {
+        frame(message).freeze().slice(LENGTH_PREFIX_BYTES..)
+    }
+
+    #[test]
+    fn a_large_frame_gets_a_buffer_of_its_own() {
+        let payload = vec![5u8; crate::memory::LARGE_BUFFER_BYTES + 3];
+        let mut wire = BytesMut::new();
+        let mut codec = framing(DEFAULT_MAX_FRAME_BYTES);
+        codec
+            .encode(Bytes::from(payload.clone()), &mut wire)
+            .expect("encodes");
+        wire.extend_from_slice(&[0, 0, 0, 1, 42]); // and a small frame behind it
+        // Arrives in pieces: the prefix and a little, then the rest.
+        let mut src = BytesMut::from(&wire[..10]);
+        assert!(codec.decode(&mut src).expect("fine").is_none());
+        assert!(src.capacity() >= payload.len());
+        src.extend_from_slice(&wire[10..]);
+        let got = codec.decode(&mut src).expect("fine").expect("a frame");
+        assert_eq!(got[..], payload[..]);
+        let next = codec.decode(&mut src).expect("fine").expect("a frame");
+        assert_eq!(next[..], [42]);
+        // A length above the limit is still refused, before allocating.
+        let mut codec = framing(1000);
+        let mut src = BytesMut::from(&[0, 0x20, 0, 0][..]);
+        assert!(codec.decode(&mut src).is_err());
+        assert!(src.capacity() < 1 << 20);
     }
 
     #[test]

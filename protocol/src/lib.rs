@@ -14,6 +14,7 @@
 //! - [`handshake`]: the greeting, magic and version check.
 //! - [`auth`]: token challenge–response.
 //! - [`codec`]: framing and encoding.
+//! - [`memory`]: buffers for large frames.
 //! - [`brine`]: stock RPyC's serializer and message layer, for stock Python clients (issue 6).
 //! - [`error`][]: [`ProtocolError`].
 //!
@@ -38,6 +39,7 @@ pub mod codec;
 pub mod error;
 pub mod exception;
 pub mod handshake;
+pub mod memory;
 pub mod message;
 pub mod netref;
 pub mod value;

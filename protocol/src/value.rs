@@ -5,11 +5,13 @@ mod de;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::netref::NetRef;
 
 pub use de::FromValueError;
+pub(crate) use de::SharedSource;
 
 /// A Python value copied across the wire, or a reference to an object that stays remote.
 ///
@@ -42,8 +44,9 @@ pub enum Value {
     },
     /// `str`.
     Str(String),
-    /// `bytes`.
-    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// `bytes`. Decoded from a frame, a large byte string shares the frame's memory instead
+    /// of being copied out of it.
+    Bytes(#[serde(serialize_with = "serialize_bytes")] Bytes),
     /// `tuple`.
     Tuple(Vec<Value>),
     /// `list`.
@@ -79,8 +82,9 @@ impl Value {
         }
     }
 
-    /// A `bytes` value (a `Vec<u8>` converts to a `list` of ints, as it would in Python).
-    pub fn bytes(data: impl Into<Vec<u8>>) -> Self {
+    /// A `bytes` value (a `Vec<u8>` converts to a `list` of ints, as it would in Python). A
+    /// `Vec<u8>` or `Bytes` is taken over without a copy.
+    pub fn bytes(data: impl Into<Bytes>) -> Self {
         Value::Bytes(data.into())
     }
 
@@ -100,6 +104,11 @@ impl Value {
             _ => None,
         }
     }
+}
+
+/// `Value::Bytes` as serde bytes (what `serde_bytes` writes for a `Vec<u8>`).
+fn serialize_bytes<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 impl fmt::Display for Value {
@@ -217,12 +226,17 @@ impl From<&String> for Value {
 }
 impl From<&[u8]> for Value {
     fn from(v: &[u8]) -> Self {
-        Value::Bytes(v.to_vec())
+        Value::Bytes(Bytes::copy_from_slice(v))
     }
 }
 impl From<serde_bytes::ByteBuf> for Value {
     fn from(v: serde_bytes::ByteBuf) -> Self {
-        Value::Bytes(v.into_vec())
+        Value::Bytes(v.into_vec().into())
+    }
+}
+impl From<Bytes> for Value {
+    fn from(v: Bytes) -> Self {
+        Value::Bytes(v)
     }
 }
 impl From<NetRef> for Value {

@@ -22,7 +22,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 obj: rpyc_protocol::NetRefId(5),
                 args: rpyc_protocol::Args {
                     positional: vec![Value::List(vec![Value::Int(1), Value::Str("x".into())])],
-                    keyword: vec![("k".into(), Value::Bytes(vec![1, 2, 3]))],
+                    keyword: vec![("k".into(), Value::bytes(vec![1, 2, 3]))],
                 },
                 mode: ReturnMode::Auto,
             },

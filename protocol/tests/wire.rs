@@ -22,7 +22,7 @@ fn every_value() -> Value {
         Value::Float(f64::MAX),
         Value::Complex { re: 1.5, im: -2.0 },
         Value::Str("héllo".into()),
-        Value::Bytes(vec![0, 255, 10]),
+        Value::bytes(vec![0, 255, 10]),
         Value::Tuple(vec![Value::Int(1)]),
         Value::Dict(vec![(Value::Str("k".into()), Value::List(vec![]))]),
         Value::Set(vec![Value::Int(3)]),
@@ -232,7 +232,7 @@ fn bad_payloads_are_errors_not_panics() -> Result<(), ProtocolError> {
 fn oversized_encode_is_refused_and_leaves_buffer_untouched() {
     let big = Message::Response {
         id: RequestId(1),
-        result: Ok(Value::Bytes(vec![0; 1000])),
+        result: Ok(Value::bytes(vec![0; 1000])),
     };
     let mut dst = BytesMut::from(&b"keep"[..]);
     let err = codec::encode_frame(&big, 100, &mut dst).expect_err("too large");
@@ -275,6 +275,16 @@ async fn oversized_length_is_refused_before_allocating() {
 async fn eof_in_the_middle_of_a_frame_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
     let (mut client, server) = tokio::io::duplex(64);
     client.write_all(&[0, 0, 0, 10, 1, 2, 3]).await?;
+    drop(client);
+    let mut frames = FramedRead::new(server, codec::framing(1024));
+    let got = frames.next().await.ok_or("no item")?;
+    assert!(
+        got.is_err(),
+        "truncated frame must be an error, got {got:?}"
+    );
+    // Also when it ends right after the length prefix.
+    let (mut client, server) = tokio::io::duplex(64);
+    client.write_all(&[0, 0, 0, 10]).await?;
     drop(client);
     let mut frames = FramedRead::new(server, codec::framing(1024));
     let got = frames.next().await.ok_or("no item")?;

@@ -218,9 +218,10 @@ async fn serve_native(
                 };
                 break Err(ConnectionError::Io(e));
             }
-            Some(Ok(frame)) => frame,
+            Some(Ok(frame)) => frame.freeze(),
         };
-        match codec::decode(&frame) {
+        // Large byte strings in a request share the frame rather than being copied out of it.
+        match codec::decode_shared(&frame) {
             Ok(Message::Request { id, op }) => {
                 held_bytes += frame.len();
                 held.push_back(Held::Request {

@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+
+use bytes::Bytes;
 
 use serde::de::value::{SeqDeserializer, StringDeserializer};
 use serde::de::{
@@ -12,6 +14,7 @@ use serde::de::{
 use serde::forward_to_deserialize_any;
 
 use super::Value;
+use crate::codec::SHARE_MIN_BYTES;
 use crate::netref::NetRef;
 
 /// A [`Value`] did not fit the Rust type it was converted into.
@@ -97,7 +100,7 @@ impl<'de> de::Deserializer<'de> for Value {
                 visit_seq(vec![Value::Float(re), Value::Float(im)], visitor)
             }
             Value::Str(s) => visitor.visit_string(s),
-            Value::Bytes(b) => visitor.visit_byte_buf(b),
+            Value::Bytes(b) => visitor.visit_byte_buf(Vec::from(b)),
             Value::Tuple(items)
             | Value::List(items)
             | Value::Set(items)
@@ -244,7 +247,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
             4 => Value::Float(access.newtype_variant()?),
             5 => access.struct_variant(COMPLEX_FIELDS, ComplexVisitor)?,
             6 => Value::Str(access.newtype_variant()?),
-            7 => Value::Bytes(access.newtype_variant::<serde_bytes::ByteBuf>()?.into_vec()),
+            7 => Value::Bytes(access.newtype_variant_seed(BytesSeed)?),
             8 => Value::Tuple(access.newtype_variant_seed(Items)?),
             9 => Value::List(access.newtype_variant_seed(Items)?),
             10 => Value::Dict(access.newtype_variant_seed(Entries)?),
@@ -383,6 +386,88 @@ impl<'de> Deserialize<'de> for ComplexField {
     }
 }
 
+thread_local! {
+    /// The buffer whose contents are being deserialized on this thread, if it is shared.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Marks `Bytes` as the buffer being deserialized on this thread, for as long as it lives, so
+/// that large byte strings decoded from it share its memory.
+pub(crate) struct SharedSource(Option<Bytes>);
+
+impl SharedSource {
+    pub(crate) fn enter(source: &Bytes) -> SharedSource {
+        SharedSource(SOURCE.with(|s| s.replace(Some(source.clone()))))
+    }
+}
+
+impl Drop for SharedSource {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        SOURCE.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// `bytes` as a slice of the shared source when it lies inside it and is large (or is the whole
+/// source), otherwise as a copy: a small value kept for long then does not pin a large frame.
+fn share_or_copy(v: &[u8]) -> Bytes {
+    SOURCE.with(|s| match &*s.borrow() {
+        Some(source) if v.len() >= SHARE_MIN_BYTES || v.len() == source.len() => {
+            let (start, end) = (
+                source.as_ptr() as usize,
+                source.as_ptr() as usize + source.len(),
+            );
+            let at = v.as_ptr() as usize;
+            if at >= start && at + v.len() <= end && !v.is_empty() {
+                source.slice_ref(v)
+            } else {
+                Bytes::copy_from_slice(v)
+            }
+        }
+        _ => Bytes::copy_from_slice(v),
+    })
+}
+
+/// The payload of `Value::Bytes`.
+struct BytesSeed;
+
+impl<'de> DeserializeSeed<'de> for BytesSeed {
+    type Value = Bytes;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Bytes, D::Error> {
+        deserializer.deserialize_bytes(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BytesSeed {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+        Ok(share_or_copy(v))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+        Ok(Bytes::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+        Ok(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    // Self-describing formats without a bytes type write a sequence of numbers.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SHARE_MIN_BYTES));
+        while let Some(b) = seq.next_element::<u8>()? {
+            out.push(b);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
 /// The items of a tuple, list or set: `Vec<Value>`.
 struct Items;
 
@@ -507,6 +592,11 @@ impl<'de> VariantAccess<'de> for Identity {
     ) -> Result<S::Value, FromValueError> {
         // The payload of each variant, in a shape its field type deserializes from.
         let content = match self.0 {
+            // Handed over as a slice of itself, which the seed takes without a copy.
+            Value::Bytes(b) => {
+                let _source = SharedSource::enter(&b);
+                return seed.deserialize(serde::de::value::BytesDeserializer::new(&b));
+            }
             Value::BigInt(s) => Value::Str(s),
             Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => Value::List(items),
             Value::Dict(entries) => Value::List(
@@ -663,7 +753,7 @@ mod tests {
         assert_eq!(Value::None.deserialize_into::<Option<i32>>(), Ok(None));
         assert_eq!(Value::Int(5).deserialize_into::<Option<i32>>(), Ok(Some(5)));
         assert_eq!(
-            Value::Bytes(b"ab".to_vec()).deserialize_into::<serde_bytes::ByteBuf>(),
+            Value::bytes(b"ab".to_vec()).deserialize_into::<serde_bytes::ByteBuf>(),
             Ok(serde_bytes::ByteBuf::from(b"ab".to_vec()))
         );
         assert_eq!(
@@ -682,7 +772,7 @@ mod tests {
             Value::Float(0.5),
             Value::Complex { re: 1.0, im: 2.0 },
             Value::Str("s".into()),
-            Value::Bytes(vec![1, 2]),
+            Value::bytes(vec![1, 2]),
             Value::Tuple(vec![Value::Int(1)]),
             Value::Dict(vec![(Value::Str("k".into()), Value::List(vec![]))]),
             Value::Set(vec![Value::Int(2)]),
@@ -728,7 +818,7 @@ mod tests {
             Value::Float(-0.25),
             Value::Complex { re: 1.5, im: -2.0 },
             Value::Str("é".into()),
-            Value::Bytes(vec![0, 255]),
+            Value::bytes(vec![0, 255]),
             Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])]),
             Value::Dict(vec![
                 (Value::Str("k".into()), Value::List(vec![])),

@@ -10,6 +10,7 @@ use rpyc_protocol::brine::message::label;
 use rpyc_protocol::brine::{MAX_DEPTH, Value};
 
 use super::Conn;
+use crate::python::convert::new_bytes;
 
 /// Key of a connection's object table: `(class_id, instance_id)` of the `id_pack`.
 pub(super) type ObjectKey = (i64, i64);
@@ -103,7 +104,7 @@ pub(super) fn to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'
         Value::BigInt(s) => py.get_type::<PyInt>().call1((s.as_str(),))?,
         Value::Float(f) => PyFloat::new(py, *f).into_any(),
         Value::Complex { re, im } => PyComplex::from_doubles(py, *re, *im).into_any(),
-        Value::Bytes(b) => PyBytes::new(py, b).into_any(),
+        Value::Bytes(b) => new_bytes(py, b)?.into_any(),
         Value::Str(s) => PyString::new(py, s).into_any(),
         Value::Tuple(items) => PyTuple::new(
             py,
