@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rpyc_protocol::{NetRef, Op, ReturnMode, ServerInfo, Value, codec};
 use serde::de::DeserializeOwned;
 
@@ -11,7 +12,7 @@ use crate::address::IntoServerAddr;
 use crate::error::{Error, Result};
 use crate::object::{RemoteModules, RemoteObject};
 use crate::reconnect::{Link, ReconnectPolicy};
-use crate::session::{Cached, Config, Session};
+use crate::session::{self, Cached, Config, Session};
 
 /// Default time allowed for connecting: TCP connect, greeting and welcome.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,11 +115,24 @@ impl Connection {
 
     /// Sends `op` on the current session; returns the session too, to wrap references in.
     async fn request_on(&self, op: Op, timeout: Duration) -> Result<(Arc<Session>, Value)> {
+        let (session, payload) = self.call_on(op, timeout).await?;
+        let value = session::decode_value(&payload)?;
+        Ok((session, value))
+    }
+
+    /// Sends `op` on the current session and converts its result into `T`.
+    async fn request_as<T: DeserializeOwned>(&self, op: Op) -> Result<T> {
+        let (_, payload) = self.call_on(op, self.request_timeout()).await?;
+        session::decode_as(&payload)
+    }
+
+    /// Sends `op` on the current session; returns the session and the response payload.
+    async fn call_on(&self, op: Op, timeout: Duration) -> Result<(Arc<Session>, Bytes)> {
         let session = self.session().await?;
         // Closed already: `close` was called, or there is no policy; the call is not sent.
         let sent = !session.is_closed();
-        match session.request(op, timeout).await {
-            Ok(value) => Ok((session, value)),
+        match session.call(op, timeout).await {
+            Ok(payload) => Ok((session, payload)),
             Err(Error::Disconnected { peer, reason }) if sent && self.link.has_policy() => {
                 // Issue 3: a call in flight when the connection drops is never sent again.
                 Err(Error::Disconnected {
@@ -152,7 +166,11 @@ impl Connection {
     /// copied, [`Error::Decode`](crate::Error::Decode) if the result does not fit `T` (the
     /// message names both), or any transport error.
     pub async fn eval<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
-        Ok(self.eval_value(expr).await?.deserialize_into()?)
+        self.request_as(Op::Eval {
+            expr: expr.into(),
+            mode: ReturnMode::Value,
+        })
+        .await
     }
 
     /// Evaluates a Python expression and keeps the result on the server.

@@ -147,6 +147,13 @@ impl Error {
     }
 
     /// An error for a reply whose shape does not match what the operation promises.
+    /// The server answered a request with a message that is not a response.
+    pub(crate) fn unexpected_message(name: &str) -> Self {
+        Error::Decode(serde::de::Error::custom(format_args!(
+            "unexpected reply: expected a response, got a {name} message"
+        )))
+    }
+
     pub(crate) fn unexpected_reply(what: &str, got: &rpyc_protocol::Value) -> Self {
         const MAX: usize = 200;
         let mut shown = got.to_string();

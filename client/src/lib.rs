@@ -90,10 +90,10 @@ pub use object::{RemoteModules, RemoteObject};
 pub use reconnect::{ReconnectEvent, ReconnectPolicy};
 pub use tls::TlsOptions;
 
-pub use rpyc_protocol as protocol;
 /// The buffer type of [`Value::Bytes`]: cheap to clone, and a large one received shares the
 /// frame it arrived in instead of being copied out of it.
 pub use bytes::Bytes;
+pub use rpyc_protocol as protocol;
 pub use rpyc_protocol::{
     CompareOp, DEFAULT_PORT, FromValueError, NetRef, NetRefId, Op, ProtocolError, RemoteException,
     ReturnMode, ServerError, ServerInfo, Value,

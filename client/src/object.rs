@@ -174,7 +174,11 @@ impl RemoteObject {
     }
 
     async fn request_as<T: DeserializeOwned>(&self, op: Op) -> Result<T> {
-        Ok(self.request(op).await?.deserialize_into()?)
+        let session = self.session();
+        session
+            .request_as(op, session.config().request_timeout)
+            .await
+            .map_err(|e| self.stale(e))
     }
 
     fn args(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> Result<Args> {

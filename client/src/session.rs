@@ -24,12 +24,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
+use rpyc_protocol::codec::TypedReply;
 use rpyc_protocol::handshake::{self, GREETING_LEN};
 use rpyc_protocol::{
     Message, NetRef, NetRefId, Op, RequestId, ServerError, ServerInfo, Value, codec,
 };
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -108,12 +110,14 @@ pub(crate) struct Config {
     pub(crate) tls: Option<crate::TlsOptions>,
 }
 
-type Reply = Result<Value, ServerError>;
-
 /// How a request ended, as told to its caller.
 #[derive(Debug)]
 enum Outcome {
-    Reply(Reply),
+    /// The payload of its `Response`, for the caller to decode (into its own type, on its own
+    /// thread; see [`decode_as`]).
+    Response(Bytes),
+    /// The `Pong` to a ping.
+    Pong,
     /// Its deadline passed and it was removed; the caller asks the server to cancel it.
     TimedOut,
 }
@@ -703,10 +707,28 @@ impl Session {
 
     /// Sends `op` and waits for its result, at most `timeout`.
     pub(crate) async fn request(&self, op: Op, timeout: Duration) -> Result<Value> {
+        decode_value(&self.call(op, timeout).await?)
+    }
+
+    /// Sends `op` and waits for its result, at most `timeout`, converted into `T`.
+    pub(crate) async fn request_as<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<T> {
+        decode_as(&self.call(op, timeout).await?)
+    }
+
+    /// Sends `op` and waits for the payload of its response, at most `timeout`.
+    pub(crate) async fn call(&self, op: Op, timeout: Duration) -> Result<Bytes> {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         trace!(id = id.0, op = op_name(&op), "request");
         let message = Message::Request { id, op };
-        self.exchange(id, &message, timeout, true).await
+        match self.exchange(id, &message, timeout, true).await? {
+            Outcome::Response(payload) => Ok(payload),
+            Outcome::Pong => Err(Error::unexpected_message("Pong")),
+            Outcome::TimedOut => Err(Error::Timeout { timeout }),
+        }
     }
 
     /// Measures one round trip.
@@ -730,7 +752,7 @@ impl Session {
         message: &Message,
         timeout: Duration,
         cancel: bool,
-    ) -> Result<Value> {
+    ) -> Result<Outcome> {
         let mut frame = Scratch::take();
         codec::encode_frame(message, self.config.max_frame_bytes, &mut frame)?;
         let (tx, reply_rx) = oneshot::channel();
@@ -779,9 +801,9 @@ impl Session {
         // Whatever happened, the request is no longer pending.
         guard.armed = false;
         match outcome {
-            Ok(Outcome::Reply(reply)) => {
-                trace!(id = id.0, ok = reply.is_ok(), "reply");
-                reply.map_err(Error::from)
+            Ok(outcome @ (Outcome::Response(_) | Outcome::Pong)) => {
+                trace!(id = id.0, "reply");
+                Ok(outcome)
             }
             Ok(Outcome::TimedOut) => {
                 debug!(id = id.0, ?timeout, "request timed out; cancelling it");
@@ -1148,31 +1170,37 @@ async fn read_loop(mut stream: FramedRead<Reader, codec::FrameCodec>, shared: Ar
             Some(Err(e)) => break format!("reading failed: {e}"),
             Some(Ok(frame)) => frame.freeze(),
         };
-        // Large byte strings in a reply share the frame rather than being copied out of it.
+        // A response goes to its caller undecoded: the caller converts it into its own type,
+        // with no `Value` tree in between, and many callers decode on many threads.
+        if let Some(id) = codec::response_id(&frame) {
+            let waiter = lock(&shared.state).pending.remove(&id);
+            let unclaimed = match waiter {
+                Some(waiter) => waiter.tx.send(Outcome::Response(frame)).err(),
+                None => Some(Outcome::Response(frame)),
+            };
+            // Nobody waits (timed out or dropped): free what the reply holds.
+            if let Some(Outcome::Response(frame)) = unclaimed
+                && let Ok(Message::Response {
+                    result: Ok(value), ..
+                }) = codec::decode_shared(&frame)
+            {
+                let mut ids = Vec::new();
+                collect_ref_ids(&value, &mut ids);
+                if !ids.is_empty() {
+                    debug!(id = id.0, refs = ids.len(), "releasing an unclaimed reply");
+                    send(&Message::Release { ids });
+                }
+            }
+            continue;
+        }
         let message = match codec::decode_shared(&frame) {
             Ok(message) => message,
             Err(e) => break format!("the server sent a malformed frame: {e}"),
         };
         match message {
-            Message::Response { id, result } => {
-                let waiter = lock(&shared.state).pending.remove(&id);
-                let unclaimed = match waiter {
-                    Some(waiter) => waiter.tx.send(Outcome::Reply(result)).err(),
-                    None => Some(Outcome::Reply(result)),
-                };
-                // Nobody waits (timed out or dropped): free what the reply holds.
-                if let Some(Outcome::Reply(Ok(value))) = unclaimed {
-                    let mut ids = Vec::new();
-                    collect_ref_ids(&value, &mut ids);
-                    if !ids.is_empty() {
-                        debug!(id = id.0, refs = ids.len(), "releasing an unclaimed reply");
-                        send(&Message::Release { ids });
-                    }
-                }
-            }
             Message::Pong { id } => {
                 if let Some(waiter) = lock(&shared.state).pending.remove(&id) {
-                    let _ = waiter.tx.send(Outcome::Reply(Ok(Value::None)));
+                    let _ = waiter.tx.send(Outcome::Pong);
                 }
             }
             Message::Ping { id } => send(&Message::Pong { id }),
@@ -1193,6 +1221,7 @@ async fn read_loop(mut stream: FramedRead<Reader, codec::FrameCodec>, shared: Ar
                 });
             }
             other @ (Message::Welcome(_)
+            | Message::Response { .. }
             | Message::Cancel { .. }
             | Message::Release { .. }
             | Message::Challenge { .. }
@@ -1205,6 +1234,25 @@ async fn read_loop(mut stream: FramedRead<Reader, codec::FrameCodec>, shared: Ar
         }
     };
     shared.close(reason);
+}
+
+/// The result in a response payload, as a [`Value`] (large byte strings share the payload).
+pub(crate) fn decode_value(payload: &Bytes) -> Result<Value> {
+    match codec::decode_shared(payload)? {
+        Message::Response { result, .. } => result.map_err(Error::from),
+        other => Err(Error::unexpected_message(message_name(&other))),
+    }
+}
+
+/// The result in a response payload, converted into `T`: read straight from the payload when
+/// `T` allows (no `Value` tree), through a [`Value`] otherwise (a reference inside, a `Value`
+/// asked for, or a result that does not fit, whose error the `Value` conversion words).
+pub(crate) fn decode_as<T: DeserializeOwned>(payload: &Bytes) -> Result<T> {
+    match codec::decode_response_as::<T>(payload)? {
+        TypedReply::Ok(value) => Ok(value),
+        TypedReply::Err(e) => Err(e.into()),
+        TypedReply::NeedsValue => Ok(decode_value(payload)?.deserialize_into()?),
+    }
 }
 
 fn collect_ref_ids(value: &Value, out: &mut Vec<NetRefId>) {

@@ -762,3 +762,23 @@ fn the_blocking_client_works_from_four_threads() {
             .await;
     });
 }
+
+#[tokio::test]
+async fn a_garbled_response_fails_its_call_only() {
+    let fake = Fake::start().await;
+    let conn = connect(&fake).await;
+    for typed in [false, true] {
+        let err = if typed {
+            conn.eval::<i64>("garbled").await.expect_err("garbled")
+        } else {
+            conn.eval_value("garbled").await.expect_err("garbled")
+        };
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::Decode(_))),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("malformed"), "{err}");
+        // The connection goes on.
+        assert_eq!(conn.eval::<i64>("5").await.expect("eval"), 5);
+    }
+}

@@ -16,6 +16,10 @@ use serde::Serialize;
 use serde::ser::{SerializeStructVariant, Serializer};
 use tokio_util::codec::{Decoder, Encoder};
 
+mod typed;
+
+pub use typed::{TypedReply, decode_response_as, response_id};
+
 use crate::error::ProtocolError;
 use crate::message::{Message, RequestId};
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::netref::NetRef;
 
 pub use de::FromValueError;
-pub(crate) use de::SharedSource;
+pub(crate) use de::{Nested, SharedSource, VALUE_VARIANTS};
 
 /// A Python value copied across the wire, or a reference to an object that stays remote.
 ///

@@ -172,6 +172,8 @@ enum Reply {
     Goodbye,
     Later(Duration, Result<Value, ServerError>),
     PingThenNone,
+    /// A response whose result is not a valid value.
+    Garbled,
 }
 
 struct Conn {
@@ -202,6 +204,7 @@ impl Conn {
                 "close" => Reply::Close,
                 "goodbye" => Reply::Goodbye,
                 "pingme" => Reply::PingThenNone,
+                "garbled" => Reply::Garbled,
                 "raise" => ok(Err(ServerError::Exception(Box::new(zero_division())))),
                 "slow_ref" => Reply::Later(Duration::from_millis(80), Ok(new_ref("builtins.list"))),
                 "'abc'" => ok(Ok(by_mode(mode, Value::Str("abc".into()), "builtins.str"))),
@@ -353,6 +356,23 @@ async fn serve(mut stream: TcpStream, behave: Behave, seen: mpsc::UnboundedSende
                 Reply::Goodbye => vec![Message::Goodbye {
                     reason: "server shutting down".into(),
                 }],
+                Reply::Garbled => {
+                    let Ok(frame) = codec::encode(&Message::Response {
+                        id,
+                        result: Ok(Value::None),
+                    }) else {
+                        return;
+                    };
+                    // The last byte is the value's variant: make it one that does not exist.
+                    let mut garbled = frame.to_vec();
+                    if let Some(last) = garbled.last_mut() {
+                        *last = 99;
+                    }
+                    if framed.send(garbled.into()).await.is_err() {
+                        return;
+                    }
+                    vec![]
+                }
                 Reply::PingThenNone => vec![
                     Message::Ping {
                         id: rpyc_protocol::RequestId(999),

@@ -189,10 +189,10 @@ thread_local! {
 }
 
 /// One level of nesting, for as long as it lives.
-struct Nested;
+pub(crate) struct Nested;
 
 impl Nested {
-    fn enter<E: de::Error>() -> Result<Nested, E> {
+    pub(crate) fn enter<E: de::Error>() -> Result<Nested, E> {
         NESTING.with(|n| {
             if n.get() >= MAX_NESTING {
                 Err(E::custom(format_args!(
@@ -529,7 +529,7 @@ impl<'de> Visitor<'de> for Entries {
 }
 
 /// The variant names of [`Value`], as serde's derive lists them.
-const VALUE_VARIANTS: &[&str] = &[
+pub(crate) const VALUE_VARIANTS: &[&str] = &[
     "None",
     "Bool",
     "Int",
