@@ -555,17 +555,16 @@ impl Conn {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_default();
-        if handler == handler::DEL || handler == handler::INSPECT {
-            tracing::debug!(conn = self.conn_id, seq, handler = handler::name(handler), exception = %type_name, "request failed");
-        } else {
-            tracing::warn!(
-                conn = self.conn_id,
-                handler = handler::name(handler),
-                exception = %type_name,
-                "client code raised an exception:\n{}",
-                traceback.trim_end()
-            );
-        }
+        // A client's exception is the client's business: logged at debug level, as stock
+        // RPyC does.
+        tracing::debug!(
+            conn = self.conn_id,
+            seq,
+            handler = handler::name(handler),
+            exception = %type_name,
+            "client code raised an exception:\n{}",
+            traceback.trim_end()
+        );
         self.reply(seq, MessageKind::Exception, payload);
     }
 

@@ -86,6 +86,15 @@ def exception_mro(exc):
     return [qualified_name(c) for c in type(exc).__mro__[1:] if c is not object]
 
 
+def describe_exception(exc, tb):
+    """(qualified type name, str(exc), traceback text, MRO names) in one call."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    return (qualified_name(type(exc)), message, format_exception(exc, tb), exception_mro(exc))
+
+
 def configure_stdio():
     """print() in client code goes to the server's stdout promptly, even when it is a pipe."""
     for stream in (sys.stdout, sys.stderr):

@@ -517,7 +517,9 @@ impl ConnState {
             return ServerError::Cancelled;
         }
         let remote = to_remote(py, &err);
-        tracing::warn!(
+        // A client's exception is the client's business: logged at debug level, as stock
+        // RPyC does.
+        tracing::debug!(
             conn = self.shared.conn_id,
             exception = %remote.type_name,
             "client code raised an exception:\n{}",
