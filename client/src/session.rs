@@ -330,13 +330,28 @@ impl Outbox {
         }
     }
 
-    /// Asks the writer task to write what is pending, shut the write side down and stop.
-    fn shutdown(&self) {
+    /// Shuts the write side down once what is pending is written: at once on plain TCP when
+    /// nothing is (returning true; the writer task then just stops), else by the writer task,
+    /// which is asked to write the rest first (returning false).
+    fn shutdown(&self) -> bool {
         let mut state = lock(&self.state);
+        if let Some(half) = &self.tcp
+            && !state.dead
+            && !state.blocked
+            && state.buf.is_empty()
+        {
+            state.shutdown = true;
+            state.dead = true;
+            drop(state);
+            shut_down_write(half);
+            self.wake.notify_one();
+            return true;
+        }
         if !state.shutdown {
             state.shutdown = true;
             self.wake.notify_one();
         }
+        false
     }
 }
 
@@ -961,13 +976,18 @@ impl Session {
             });
             self.shared.close("closed by the client".into());
         }
-        self.shared.outbox.shutdown();
+        let done = self.shared.outbox.shutdown();
         if let Some(reader) = lock(&self.reader).take() {
             reader.abort();
         }
         let writer = lock(&self.writer).take();
         if let Some(writer) = writer {
-            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await;
+            if done {
+                // Nothing left to write: the writer task has nothing to wait for.
+                writer.abort();
+            } else {
+                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await;
+            }
         }
     }
 }
@@ -1103,12 +1123,7 @@ async fn write_tcp(outbox: &Outbox, half: &OwnedWriteHalf) -> io::Result<()> {
                 if state.buf.is_empty() {
                     if state.drained() {
                         drop(state);
-                        trace!("shut down");
-                        let shut = socket2::SockRef::from(half.as_ref())
-                            .shutdown(std::net::Shutdown::Write);
-                        if let Err(e) = shut {
-                            debug!(error = %e, "shutting down the write side failed");
-                        }
+                        shut_down_write(half);
                         return Ok(());
                     }
                     break;
@@ -1123,6 +1138,15 @@ async fn write_tcp(outbox: &Outbox, half: &OwnedWriteHalf) -> io::Result<()> {
             }
             half.writable().await?;
         }
+    }
+}
+
+/// Shuts the write side of a TCP connection down (the server sees the end of the stream).
+fn shut_down_write(half: &OwnedWriteHalf) {
+    trace!("shut down");
+    let shut = socket2::SockRef::from(half.as_ref()).shutdown(std::net::Shutdown::Write);
+    if let Err(e) = shut {
+        debug!(error = %e, "shutting down the write side failed");
     }
 }
 

@@ -555,16 +555,19 @@ impl Conn {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_default();
-        // A client's exception is the client's business: logged at debug level, as stock
-        // RPyC does.
-        tracing::debug!(
-            conn = self.conn_id,
-            seq,
-            handler = handler::name(handler),
-            exception = %type_name,
-            "client code raised an exception:\n{}",
-            traceback.trim_end()
-        );
+        if handler == handler::DEL || handler == handler::INSPECT {
+            tracing::debug!(conn = self.conn_id, seq, handler = handler::name(handler), exception = %type_name, "request failed");
+        } else {
+            // Logged with its traceback, as stock RPyC prints it on its console; at info
+            // level, as a client's exception is no fault of the server's.
+            tracing::info!(
+                conn = self.conn_id,
+                handler = handler::name(handler),
+                exception = %type_name,
+                "client code raised an exception:\n{}",
+                traceback.trim_end()
+            );
+        }
         self.reply(seq, MessageKind::Exception, payload);
     }
 

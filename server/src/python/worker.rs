@@ -517,9 +517,9 @@ impl ConnState {
             return ServerError::Cancelled;
         }
         let remote = to_remote(py, &err);
-        // A client's exception is the client's business: logged at debug level, as stock
-        // RPyC does.
-        tracing::debug!(
+        // Logged with its traceback, as stock RPyC prints it on its console; at info level, as
+        // a client's exception is no fault of the server's.
+        tracing::info!(
             conn = self.shared.conn_id,
             exception = %remote.type_name,
             "client code raised an exception:\n{}",
