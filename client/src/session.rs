@@ -12,6 +12,11 @@
 //! one system call: more frames are likely to follow, and one write for all of them beats one
 //! each. Over TLS the record layer needs an async writer, so the writer task writes every frame.
 //!
+//! A large byte string in a request (64 KiB or more) is not copied into the frame buffer: the
+//! frame is encoded around it ([`codec::encode_frame_shared`]), the queue keeps a handle on its
+//! `Bytes` ([`FrameQueue`]), and it is written from its own memory between the buffer's bytes
+//! with vectored writes. A frame without one takes the plain path.
+//!
 //! The reader task owns the read half and completes pending requests by id (tarpc's
 //! `RequestDispatch`). Deadlines are kept with the pending requests and watched by one timer per
 //! connection, not one per request: arming a timer for every call also wakes the runtime's
@@ -28,6 +33,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use rpyc_protocol::codec::TypedReply;
 use rpyc_protocol::handshake::{self, GREETING_LEN};
+use rpyc_protocol::queue::FrameQueue;
 use rpyc_protocol::{
     Message, NetRef, NetRefId, Op, RequestId, ServerError, ServerInfo, Value, codec,
 };
@@ -183,8 +189,8 @@ impl Shared {
     /// Writes one encoded frame now, or leaves it for the writer task; see [`Outbox::push`].
     /// False if the frame was dropped: the write side is closed, or writing failed (which
     /// closes the connection).
-    fn push(&self, frame: &mut BytesMut, mode: WriteMode) -> bool {
-        match self.outbox.push(frame, mode) {
+    fn push(&self, frame: &mut BytesMut, shared: SharedList, mode: WriteMode) -> bool {
+        match self.outbox.push(frame, shared, mode) {
             Ok(sent) => sent,
             Err(e) => {
                 self.close(format!("writing failed: {e}"));
@@ -200,16 +206,22 @@ impl Shared {
         match codec::encode_frame(message, self.outbox.max_frame_bytes, &mut frame) {
             Ok(()) => {
                 let busy = !lock(&self.state).pending.is_empty();
-                self.push(&mut frame, WriteMode::when(busy));
+                self.push(&mut frame, Vec::new(), WriteMode::when(busy));
             }
             Err(e) => warn!(error = %e, "cannot encode a control message"),
         }
     }
 }
 
+/// The byte strings of a frame that were not copied into its buffer, each with its position
+/// there (see [`codec::encode_frame_shared`]).
+type SharedList = Vec<(usize, Bytes)>;
+
 /// The write side of the connection: an ordered writer of frames, synchronous on plain TCP.
 ///
 /// Every write happens under the state lock, so frames never interleave and keep their order.
+/// Large byte strings of a request are not copied into the frame buffer: the queue keeps a
+/// handle on each and writes it from its own memory, between the buffer's bytes.
 #[derive(Debug)]
 struct Outbox {
     /// Plain TCP: callers write with `try_write`. `None` for TLS, whose stream the writer task
@@ -223,15 +235,15 @@ struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutState {
-    /// Encoded frames not yet written.
-    buf: BytesMut,
-    /// The socket would block: the writer task flushes `buf` as it drains, and callers append
-    /// to it meanwhile.
+    /// Encoded frames not yet written, with their large byte strings.
+    queue: FrameQueue<Bytes>,
+    /// The socket would block: the writer task flushes the queue as it drains, and callers
+    /// append to it meanwhile.
     blocked: bool,
-    /// The first frame of `buf` was queued while other requests were in flight: the writer
-    /// task lets the ready tasks run before it writes, so that their frames go along.
+    /// The first frame of the queue was queued while other requests were in flight: the
+    /// writer task lets the ready tasks run before it writes, so that their frames go along.
     coalescing: bool,
-    /// The write side is to be shut down once `buf` is written; later frames are dropped.
+    /// The write side is to be shut down once the queue is written; later frames are dropped.
     shutdown: bool,
     /// Writing failed or the write side is shut down: frames are dropped.
     dead: bool,
@@ -270,14 +282,16 @@ impl Outbox {
         }
     }
 
-    /// Sends one encoded frame (taking its bytes). With [`WriteMode::Now`] on plain TCP, unless the
-    /// socket is blocked, the frame (after anything queued) is written at once with a
-    /// non-blocking `try_write`; whatever the socket does not take is left for the writer task.
-    /// Otherwise the frame is queued and the writer task woken. Never blocks.
+    /// Sends one encoded frame (taking its bytes), with the byte strings `shared` left out of
+    /// it (see [`codec::encode_frame_shared`]). With [`WriteMode::Now`] on plain TCP, unless
+    /// the socket is blocked, the frame (after anything queued) is written at once with a
+    /// non-blocking `try_write` (vectored when there are shared byte strings); whatever the
+    /// socket does not take is left for the writer task. Otherwise the frame is queued and the
+    /// writer task woken. Never blocks.
     ///
     /// `Ok(false)` if the frame was dropped because the write side is closed; an error if
-    /// writing failed (the write side is then closed).
-    fn push(&self, frame: &mut BytesMut, mode: WriteMode) -> io::Result<bool> {
+    /// writing failed (the write side is then closed). Either way nothing of it is kept.
+    fn push(&self, frame: &mut BytesMut, shared: SharedList, mode: WriteMode) -> io::Result<bool> {
         let mut state = lock(&self.state);
         if state.dead || state.shutdown {
             return Ok(false);
@@ -285,8 +299,8 @@ impl Outbox {
         let half = match &self.tcp {
             Some(half) if mode == WriteMode::Now && !state.blocked => half,
             _ => {
-                let first = state.buf.is_empty();
-                state.append(frame);
+                let first = state.queue.is_empty();
+                state.queue.push_frame(frame, shared);
                 if first && !state.blocked {
                     // The first frame queued: the writer task flushes it (or a caller that
                     // writes first takes it along).
@@ -296,23 +310,24 @@ impl Outbox {
                 return Ok(true);
             }
         };
-        let result = if state.buf.is_empty() {
+        let result = if state.queue.is_empty() && shared.is_empty() {
+            // The common case: one small frame, written from the caller's buffer.
             try_write_all(half, frame).map(|n| {
                 if n < frame.len() {
                     frame.advance(n);
-                    std::mem::swap(&mut state.buf, frame);
+                    state.queue.push_frame(frame, []);
                 }
             })
         } else {
             // Frames queued before this one go first, in the same system call.
-            state.buf.extend_from_slice(frame);
-            try_write_all(half, &state.buf).map(|n| state.buf.advance(n))
+            state.queue.push_frame(frame, shared);
+            try_write_queue(half, &mut state.queue)
         };
         if let Err(e) = result {
             state.fail();
             return Err(e);
         }
-        if !state.buf.is_empty() {
+        if !state.queue.is_empty() {
             state.blocked = true;
             self.wake.notify_one();
         }
@@ -338,7 +353,7 @@ impl Outbox {
         if let Some(half) = &self.tcp
             && !state.dead
             && !state.blocked
-            && state.buf.is_empty()
+            && state.queue.is_empty()
         {
             state.shutdown = true;
             state.dead = true;
@@ -356,31 +371,21 @@ impl Outbox {
 }
 
 impl OutState {
-    /// Adds a frame after the queued ones; a frame queued alone is moved, not copied (the
-    /// caller keeps the empty buffer).
-    fn append(&mut self, frame: &mut BytesMut) {
-        if self.buf.is_empty() {
-            std::mem::swap(&mut self.buf, frame);
-        } else {
-            self.buf.extend_from_slice(frame);
-        }
-    }
-
-    /// Writing failed: nothing more will be written.
+    /// Writing failed: nothing more will be written (what is queued is dropped, the shared
+    /// byte strings with it).
     fn fail(&mut self) {
         self.dead = true;
-        self.buf = BytesMut::new();
+        self.queue.clear();
     }
 
     /// Everything queued is written: callers write directly again. True if the write side is
     /// to be shut down now (nothing more is accepted then).
     fn drained(&mut self) -> bool {
         self.blocked = false;
-        if self.buf.capacity() > KEEP_BUFFER_BYTES {
-            self.buf = BytesMut::new();
-        }
+        self.queue.trim(KEEP_BUFFER_BYTES);
         if self.shutdown {
             self.dead = true;
+            self.queue.clear();
         }
         self.shutdown
     }
@@ -399,6 +404,33 @@ fn try_write_all(half: &OwnedWriteHalf, bytes: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+/// Pieces handed to one vectored write.
+const MAX_PIECES: usize = 16;
+
+/// Writes as much of `queue` as the socket takes without blocking, taking it off the queue: one
+/// buffer with `try_write`, a buffer with shared byte strings with `try_write_vectored`.
+fn try_write_queue(half: &OwnedWriteHalf, queue: &mut FrameQueue<Bytes>) -> io::Result<()> {
+    if !queue.has_shared() {
+        let written = try_write_all(half, queue.next_piece())?;
+        queue.advance(written);
+        return Ok(());
+    }
+    loop {
+        let mut iov = [io::IoSlice::new(&[]); MAX_PIECES];
+        let pieces = queue.pieces(&mut iov);
+        if pieces == 0 {
+            return Ok(());
+        }
+        match half.try_write_vectored(&iov[..pieces]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => queue.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A buffer to encode one frame in, reused by the thread (no allocation per call); returned
@@ -769,7 +801,13 @@ impl Session {
         cancel: bool,
     ) -> Result<Outcome> {
         let mut frame = Scratch::take();
-        codec::encode_frame(message, self.config.max_frame_bytes, &mut frame)?;
+        let mut shared = Vec::new();
+        codec::encode_frame_shared(
+            message,
+            self.config.max_frame_bytes,
+            &mut frame,
+            &mut shared,
+        )?;
         let (tx, reply_rx) = oneshot::channel();
         // No timer per request: the deadline watcher times requests out (arming a timer for
         // every call wakes the runtime's timer driver, often on another thread).
@@ -805,7 +843,7 @@ impl Session {
             guard.release = std::mem::take(&mut *lock(&self.deferred));
         }
         // Registered before it is written: the reply may come back at once.
-        let sent = self.shared.push(&mut frame, WriteMode::when(busy));
+        let sent = self.shared.push(&mut frame, shared, WriteMode::when(busy));
         drop(frame);
         if !sent {
             guard.armed = false;
@@ -1120,7 +1158,7 @@ async fn write_tcp(outbox: &Outbox, half: &OwnedWriteHalf) -> io::Result<()> {
                 if state.dead {
                     return Ok(());
                 }
-                if state.buf.is_empty() {
+                if state.queue.is_empty() {
                     if state.drained() {
                         drop(state);
                         shut_down_write(half);
@@ -1128,10 +1166,14 @@ async fn write_tcp(outbox: &Outbox, half: &OwnedWriteHalf) -> io::Result<()> {
                     }
                     break;
                 }
-                let written = try_write_all(half, &state.buf)?;
-                trace!(written, left = state.buf.len() - written, "flush");
-                state.buf.advance(written);
-                if state.buf.is_empty() {
+                let queued = state.queue.len();
+                try_write_queue(half, &mut state.queue)?;
+                trace!(
+                    written = queued - state.queue.len(),
+                    left = state.queue.len(),
+                    "flush"
+                );
+                if state.queue.is_empty() {
                     continue;
                 }
                 state.blocked = true;
@@ -1151,7 +1193,8 @@ fn shut_down_write(half: &OwnedWriteHalf) {
 }
 
 async fn write_stream(outbox: &Outbox, mut writer: Writer) -> io::Result<()> {
-    let mut chunk = BytesMut::new();
+    // The frames being written, swapped out of the state (so both buffers are reused).
+    let mut chunk = FrameQueue::<Bytes>::new();
     loop {
         outbox.wake.notified().await;
         outbox.let_others_queue().await;
@@ -1161,10 +1204,10 @@ async fn write_stream(outbox: &Outbox, mut writer: Writer) -> io::Result<()> {
                 if state.dead {
                     return Ok(());
                 }
-                if state.buf.is_empty() {
+                if state.queue.is_empty() {
                     state.drained()
                 } else {
-                    std::mem::swap(&mut state.buf, &mut chunk);
+                    std::mem::swap(&mut state.queue, &mut chunk);
                     false
                 }
             };
@@ -1176,13 +1219,28 @@ async fn write_stream(outbox: &Outbox, mut writer: Writer) -> io::Result<()> {
                 break;
             }
             trace!(bytes = chunk.len(), "flush");
-            writer.write_all(&chunk).await?;
+            write_queue(&mut writer, &mut chunk).await?;
             writer.flush().await?;
-            chunk.clear();
-            if chunk.capacity() > KEEP_BUFFER_BYTES {
-                chunk = BytesMut::new();
-            }
+            chunk.trim(KEEP_BUFFER_BYTES);
         }
+    }
+}
+
+/// Writes all of `queue` (vectored writes: a large byte string goes from its own memory).
+async fn write_queue(writer: &mut Writer, queue: &mut FrameQueue<Bytes>) -> io::Result<()> {
+    loop {
+        let written = {
+            let mut iov = [io::IoSlice::new(&[]); MAX_PIECES];
+            let pieces = queue.pieces(&mut iov);
+            if pieces == 0 {
+                return Ok(());
+            }
+            writer.write_vectored(&iov[..pieces]).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        queue.advance(written);
     }
 }
 
@@ -1334,5 +1392,135 @@ pub(crate) fn op_name(op: &Op) -> &'static str {
         Op::Compare { .. } => "Compare",
         Op::Hash { .. } => "Hash",
         Op::Obtain { .. } => "Obtain",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An outbox on a TCP connection whose send buffer is small, and the other end.
+    async fn socket_pair() -> (Arc<Outbox>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&client)
+            .set_send_buffer_size(16 * 1024)
+            .expect("send buffer");
+        let (_read, write) = client.into_split();
+        // The read half is dropped: only the write side is used.
+        (Arc::new(Outbox::new(Some(write), 1 << 30)), server)
+    }
+
+    fn big(n: usize, seed: u8) -> Bytes {
+        (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect()
+    }
+
+    /// Starts the writer task and a reader of everything `server` receives.
+    fn start(
+        outbox: &Arc<Outbox>,
+        mut server: TcpStream,
+    ) -> (JoinHandle<io::Result<()>>, JoinHandle<io::Result<Vec<u8>>>) {
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.map(|_| got)
+        });
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let Some(half) = &outbox.tcp else {
+                    unreachable!("a TCP outbox")
+                };
+                write_tcp(&outbox, half).await
+            }
+        });
+        (writer, reader)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_byte_strings_are_written_from_their_own_memory() {
+        let (outbox, server) = socket_pair().await;
+        let mut expected = Vec::new();
+        let mut push = |head: &[u8], shared: &[Bytes], tail: &[u8], mode: WriteMode| {
+            let mut frame = BytesMut::from(head);
+            let mut list = Vec::new();
+            expected.extend_from_slice(head);
+            for (i, s) in shared.iter().enumerate() {
+                list.push((frame.len(), s.clone()));
+                frame.extend_from_slice(&[i as u8; 2]);
+                expected.extend_from_slice(s);
+                expected.extend_from_slice(&[i as u8; 2]);
+            }
+            frame.extend_from_slice(tail);
+            expected.extend_from_slice(tail);
+            assert!(outbox.push(&mut frame, list, mode).expect("push"));
+        };
+        // Written at once until the socket blocks (nobody reads yet): the rest waits in the
+        // queue, which holds the caller's bytes rather than a copy.
+        let first = big(1 << 20, 5);
+        push(
+            b"head",
+            &[first.clone(), big(70_000, 7)],
+            b"tail",
+            WriteMode::Now,
+        );
+        assert!(!first.is_unique(), "the queue holds the caller's bytes");
+        assert!(lock(&outbox.state).queue.has_shared());
+        assert!(lock(&outbox.state).blocked);
+        for i in 0..40u8 {
+            let shared = if i % 5 == 0 {
+                vec![big(65_536 + usize::from(i), i)]
+            } else {
+                vec![]
+            };
+            let mode = if i % 2 == 0 {
+                WriteMode::Now
+            } else {
+                WriteMode::Coalesce
+            };
+            push(&[i; 5], &shared, &[i; 3], mode);
+        }
+        let (writer, reader) = start(&outbox, server);
+        // Frames pushed while the writer task drains the queue go after it.
+        push(b"more", &[big(200_000, 11)], b"!", WriteMode::Now);
+        // The writer task writes everything, then shuts the write side down.
+        outbox.shutdown();
+        writer.await.expect("join").expect("writes");
+        let got = reader.await.expect("join").expect("reads");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the stream differs");
+        assert!(first.is_unique(), "nothing is kept");
+        // Closed: a frame is dropped with its shared strings.
+        let mut frame = BytesMut::from(&b"late"[..]);
+        let late = big(1 << 20, 9);
+        let pushed = outbox.push(&mut frame, vec![(2, late.clone())], WriteMode::Now);
+        assert!(!pushed.expect("no error"));
+        assert!(late.is_unique(), "nothing of a dropped frame is kept");
+    }
+
+    #[tokio::test]
+    async fn shutting_down_waits_for_queued_shared_bytes() {
+        let (outbox, server) = socket_pair().await;
+        // A frame that is nothing but a shared string (the buffer is empty), queued.
+        let only = big(1 << 20, 13);
+        let pushed = outbox.push(
+            &mut BytesMut::new(),
+            vec![(0, only.clone())],
+            WriteMode::Coalesce,
+        );
+        assert!(pushed.expect("push"));
+        assert!(!outbox.shutdown(), "shared bytes count as queued");
+        let (writer, reader) = start(&outbox, server);
+        writer.await.expect("join").expect("writes");
+        let got = reader.await.expect("join").expect("reads");
+        assert!(
+            got == only[..],
+            "written before the write side was shut down"
+        );
+        assert!(only.is_unique());
     }
 }

@@ -7,7 +7,7 @@ mod reconnect;
 use std::time::Duration;
 
 use rpyc_protocol::{
-    Message, NetRefId, Op, ProtocolError, RequestId, ReturnMode, ServerError, Value,
+    Args, Message, NetRefId, Op, ProtocolError, RequestId, ReturnMode, ServerError, Value,
 };
 
 use crate::{Connection, Error};
@@ -590,6 +590,132 @@ async fn large_and_small_requests_from_many_tasks_keep_their_order() {
         task.await.expect("join");
     }
     assert_eq!(conn.eval::<i64>("5").await.expect("eval"), 5);
+}
+
+/// A byte string of `n` bytes that differs from one `seed` to the next.
+fn pattern(n: usize, seed: u8) -> bytes::Bytes {
+    (0..n)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 9) as u8)
+        })
+        .collect()
+}
+
+/// The arguments of upload `call` of `task`: large byte strings (64 KiB and up, the largest
+/// around 1 MiB) mixed with small ones, positional and keyword, the first one its tag.
+fn upload_args(task: u8, call: u8) -> Args {
+    let min = rpyc_protocol::codec::SHARE_MIN_BYTES;
+    let seed = task.wrapping_mul(16).wrapping_add(call);
+    let sizes = match (task + call) % 4 {
+        0 => vec![min, 10, (1 << 20) + 7],
+        1 => vec![min - 1, 0, min + 1],
+        2 => vec![1 << 20, (1 << 20) - 3, 3],
+        _ => vec![5, 6],
+    };
+    let mut positional = vec![Value::Int(i64::from(task) * 1000 + i64::from(call))];
+    positional.extend(
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Value::bytes(pattern(n, seed.wrapping_add(i as u8)))),
+    );
+    Args {
+        positional,
+        keyword: vec![
+            ("big".into(), Value::bytes(pattern(min * 2, seed))),
+            (
+                "nested".into(),
+                Value::List(vec![
+                    Value::Str("s".into()),
+                    Value::bytes(pattern(300, seed)),
+                ]),
+            ),
+        ],
+    }
+}
+
+/// The tag of [`upload_args`].
+fn tag(args: &Args) -> i64 {
+    match args.positional.first() {
+        Some(Value::Int(tag)) => *tag,
+        other => panic!("no tag: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_byte_strings_are_uploaded_intact() {
+    // Requests with large byte strings leave the client with the strings written from their
+    // own memory, between the frame's other bytes; alone (written at once) and pipelined from
+    // several tasks (queued and coalesced), the server must receive exactly what was sent.
+    let mut fake = Fake::start().await;
+    let conn = connect(&fake).await;
+    let call = |conn: Connection, args: Args| async move {
+        conn.request(Op::Call {
+            obj: NetRefId(1),
+            args,
+            mode: ReturnMode::Value,
+        })
+        .await
+        .expect("call")
+    };
+    let echo = |args: &Args| {
+        Value::Tuple(vec![
+            Value::List(args.positional.clone()),
+            Value::Dict(
+                args.keyword
+                    .iter()
+                    .map(|(k, v)| (Value::Str(k.clone()), v.clone()))
+                    .collect(),
+            ),
+        ])
+    };
+    let mut sent = std::collections::BTreeMap::new();
+    for i in 0..4 {
+        let args = upload_args(99, i);
+        assert!(
+            call(conn.clone(), args.clone()).await == echo(&args),
+            "call {i}"
+        );
+        sent.insert(tag(&args), args);
+    }
+    let tasks: Vec<_> = (0..4u8)
+        .map(|t| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..6u8 {
+                    let args = upload_args(t, i);
+                    let reply = call(conn.clone(), args.clone()).await;
+                    assert!(reply == echo(&args), "task {t}, call {i}: wrong reply");
+                    sent.push(args);
+                }
+                sent
+            })
+        })
+        .collect();
+    for task in tasks {
+        for args in task.await.expect("join") {
+            sent.insert(tag(&args), args);
+        }
+    }
+    conn.ping().await.expect("ping");
+    let mut received = std::collections::BTreeMap::new();
+    for message in fake.until_ping().await {
+        if let Message::Request {
+            op: Op::Call { args, .. },
+            ..
+        } = message
+        {
+            assert!(
+                received.insert(tag(&args), args).is_none(),
+                "each call arrives once"
+            );
+        }
+    }
+    assert_eq!(received.len(), 4 + 4 * 6);
+    assert!(received == sent, "the server received other bytes");
 }
 
 #[tokio::test]

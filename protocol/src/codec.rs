@@ -161,6 +161,37 @@ pub fn encode_frame(
     encode_frame_with(message, max_frame_bytes, dst)
 }
 
+/// [`encode_frame`], except that large byte strings are not copied into `dst`: each
+/// [`Value::Bytes`](crate::Value::Bytes) of at least [`SHARE_MIN_BYTES`] is pushed onto `shared`
+/// instead (a clone of its `Bytes`, which costs no copy) with its position in `dst`. The frame
+/// is `dst`'s new bytes with each of those byte strings put back at its position (positions
+/// count from the start of `dst`, bytes already there included, and come in order); a
+/// [`FrameQueue`](crate::queue::FrameQueue) writes them so, from their own memory.
+///
+/// # Errors
+/// As [`encode_frame`]; `dst` and `shared` are then left as they were.
+pub fn encode_frame_shared(
+    message: &Message,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+    shared: &mut Vec<(usize, Bytes)>,
+) -> Result<(), ProtocolError> {
+    let first = shared.len();
+    let sharing = crate::value::Sharing::enter();
+    let mut share = |contents: &[u8], at: usize| match sharing.take_offer(contents) {
+        Some(bytes) => {
+            shared.push((at, bytes));
+            true
+        }
+        None => false,
+    };
+    let encoded = encode_frame_inner(message, max_frame_bytes, dst, Some(&mut share));
+    if encoded.is_err() {
+        shared.truncate(first);
+    }
+    encoded
+}
+
 /// Encodes any serializable value as a complete frame at the end of `dst`, exactly as
 /// [`encode_frame`] would encode a [`Message`] that serializes the same way. The payload is
 /// written straight into `dst`, with no intermediate buffer; once it is known to exceed the
@@ -227,8 +258,8 @@ pub fn encode_response_frame<T: Serialize + ?Sized>(
     encode_frame_with(&OkResponse { id, value }, max_frame_bytes, dst)
 }
 
-/// Byte strings at least this long are offered to the `share` callback of
-/// [`encode_response_frame_sharing`].
+/// Byte strings at least this long are left out of the frame buffer by [`encode_frame_shared`]
+/// and offered to the `share` callback of [`encode_response_frame_sharing`].
 pub const SHARE_MIN_BYTES: usize = 64 * 1024;
 
 /// [`encode_response_frame`], except that large byte strings need not be copied into `dst`.
@@ -529,6 +560,192 @@ mod tests {
         };
         assert!(!inside(&copied[1]));
         assert_eq!(copied, items);
+    }
+
+    /// A request carrying large and small byte strings, and the large ones.
+    fn upload(sizes: &[usize]) -> (Message, Vec<Bytes>) {
+        let strings: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                (0..n)
+                    .map(|j| (j as u8).wrapping_mul(i as u8 + 3))
+                    .collect()
+            })
+            .collect();
+        let message = Message::Request {
+            id: RequestId(42),
+            op: crate::Op::Call {
+                obj: crate::NetRefId(9),
+                args: crate::Args {
+                    positional: vec![
+                        Value::List(strings.iter().cloned().map(Value::Bytes).collect()),
+                        Value::Str("between".into()),
+                    ],
+                    keyword: vec![(
+                        "key".into(),
+                        Value::Dict(vec![(
+                            Value::bytes(strings[0].clone()),
+                            Value::Tuple(vec![Value::Int(1), Value::Bytes(strings[0].clone())]),
+                        )]),
+                    )],
+                },
+                mode: crate::ReturnMode::Auto,
+            },
+        };
+        let large = strings
+            .into_iter()
+            .filter(|b| b.len() >= SHARE_MIN_BYTES)
+            .collect();
+        (message, large)
+    }
+
+    /// `dst` from `from` on, with the shared strings put back where they belong.
+    fn splice(dst: &[u8], from: usize, shared: &[(usize, Bytes)]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        let mut pos = from;
+        for (at, bytes) in shared {
+            assert!(*at >= pos, "positions in order");
+            stream.extend_from_slice(&dst[pos..*at]);
+            stream.extend_from_slice(bytes);
+            pos = *at;
+        }
+        stream.extend_from_slice(&dst[pos..]);
+        stream
+    }
+
+    #[test]
+    fn a_shared_encoding_spliced_back_is_the_frame() {
+        let sizes = [
+            SHARE_MIN_BYTES,
+            10,
+            SHARE_MIN_BYTES - 1,
+            1 << 20,
+            0,
+            crate::memory::LARGE_BUFFER_BYTES + 5,
+        ];
+        let (message, large) = upload(&sizes);
+        let want = frame(&message);
+        let mut dst = BytesMut::from(&b"earlier frames"[..]);
+        let mut shared = vec![(3, Bytes::from_static(b"kept"))];
+        encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
+            .expect("encodes");
+        assert_eq!(&dst[..14], b"earlier frames");
+        assert_eq!(shared[0], (3, Bytes::from_static(b"kept")), "left alone");
+        let new = &shared[1..];
+        // The first string is in the list and twice more in the keyword argument.
+        assert_eq!(
+            new.len(),
+            large.len() + 2,
+            "only the large strings are shared"
+        );
+        assert!(new.iter().all(|(at, _)| *at >= 14));
+        // The same memory, not copies.
+        for (_, bytes) in new {
+            assert!(
+                large
+                    .iter()
+                    .any(|b| b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len()),
+                "a shared string is the argument's own memory"
+            );
+        }
+        let copied = dst.len() - 14;
+        assert!(copied < 2 * SHARE_MIN_BYTES, "{copied} bytes copied");
+        assert_eq!(splice(&dst, 14, new), want[..]);
+        // A plain encode on this thread afterwards copies everything: no offer is left over.
+        let mut plain = BytesMut::new();
+        encode_frame(&message, DEFAULT_MAX_FRAME_BYTES, &mut plain).expect("encodes");
+        assert_eq!(plain, want);
+        drop(shared);
+        drop(message);
+        assert!(
+            large.iter().all(Bytes::is_unique),
+            "nothing holds on to the strings"
+        );
+    }
+
+    #[test]
+    fn a_message_without_large_strings_shares_nothing() {
+        let (message, large) = upload(&[10, SHARE_MIN_BYTES - 1, 0]);
+        assert!(large.is_empty());
+        let mut dst = BytesMut::new();
+        let mut shared = Vec::new();
+        encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
+            .expect("encodes");
+        assert!(shared.is_empty());
+        assert_eq!(dst, frame(&message));
+        for message in [
+            Message::Ping { id: RequestId(1) },
+            Message::Release {
+                ids: vec![crate::NetRefId(1)],
+            },
+        ] {
+            let mut dst = BytesMut::new();
+            encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
+                .expect("encodes");
+            assert!(shared.is_empty());
+            assert_eq!(dst, frame(&message));
+        }
+    }
+
+    #[test]
+    fn a_too_large_shared_encoding_leaves_dst_and_shared() {
+        let (message, large) = upload(&[SHARE_MIN_BYTES, 1 << 20, 7]);
+        let full = frame(&message).len() - LENGTH_PREFIX_BYTES;
+        // Too large after the first large string was shared: it is taken back.
+        let max = full - 1;
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        let mut shared = vec![(1, Bytes::from_static(b"old"))];
+        let err = encode_frame_shared(&message, max, &mut dst, &mut shared).expect_err("too big");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { size, max: m } if size == full && m == max),
+            "{err:?}"
+        );
+        assert_eq!(&dst[..], b"keep");
+        assert_eq!(shared, [(1, Bytes::from_static(b"old"))]);
+        drop(message);
+        assert!(large.iter().all(Bytes::is_unique), "nothing is kept");
+        // Room for it: fine.
+        let (message, _) = upload(&[SHARE_MIN_BYTES, 1 << 20, 7]);
+        encode_frame_shared(&message, full, &mut dst, &mut shared).expect("fits");
+        assert_eq!(shared.len(), 1 + 4);
+        assert_eq!(splice(&dst, 4, &shared[1..]), frame(&message)[..]);
+    }
+
+    #[test]
+    fn a_failing_shared_encoding_leaves_no_offer_behind() {
+        /// A large string, then a failure.
+        struct Fails(Value);
+        impl Serialize for Fails {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error, SerializeSeq};
+                let mut seq = serializer.serialize_seq(Some(2))?;
+                seq.serialize_element(&self.0)?;
+                Err(S::Error::custom("nope"))
+            }
+        }
+        let big = Bytes::from(vec![3u8; SHARE_MIN_BYTES]);
+        let fails = Fails(Value::Bytes(big.clone()));
+        // Through the same machinery as `encode_frame_shared`, with a value that fails.
+        let mut shared = Vec::new();
+        let mut dst = BytesMut::new();
+        let result = {
+            let sharing = crate::value::Sharing::enter();
+            let mut share = |contents: &[u8], at: usize| match sharing.take_offer(contents) {
+                Some(bytes) => {
+                    shared.push((at, bytes));
+                    true
+                }
+                None => false,
+            };
+            encode_frame_inner(&fails, DEFAULT_MAX_FRAME_BYTES, &mut dst, Some(&mut share))
+        };
+        assert!(result.is_err());
+        assert!(dst.is_empty());
+        assert_eq!(shared.len(), 1, "taken before the failure");
+        drop(shared);
+        drop(fails);
+        assert!(big.is_unique(), "no offer is left in the slot");
     }
 
     fn codec_payload(message: &Message) -> Bytes {

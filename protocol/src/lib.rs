@@ -14,6 +14,8 @@
 //! - [`handshake`]: the greeting, magic and version check.
 //! - [`auth`]: token challenge–response.
 //! - [`codec`]: framing and encoding.
+//! - [`queue`]: [`FrameQueue`](queue::FrameQueue), outgoing frames whose large byte strings
+//!   are written from their owners' memory.
 //! - [`memory`]: buffers for large frames.
 //! - [`brine`]: stock RPyC's serializer and message layer, for stock Python clients (issue 6).
 //! - [`error`][]: [`ProtocolError`].
@@ -42,6 +44,7 @@ pub mod handshake;
 pub mod memory;
 pub mod message;
 pub mod netref;
+pub mod queue;
 pub mod value;
 
 pub use error::ProtocolError;

@@ -2,6 +2,7 @@
 
 mod de;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -107,8 +108,57 @@ impl Value {
 }
 
 /// `Value::Bytes` as serde bytes (what `serde_bytes` writes for a `Vec<u8>`).
+///
+/// While [`codec::encode_frame_shared`](crate::codec::encode_frame_shared) runs on this thread,
+/// a large byte string's `Bytes` is offered to it (see [`Sharing`]) for as long as it is being
+/// written, so that the encoder can keep a handle on it rather than copy it.
 fn serialize_bytes<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bytes(bytes)
+    if bytes.len() < crate::codec::SHARE_MIN_BYTES || !SHARING.try_with(Cell::get).unwrap_or(false)
+    {
+        return serializer.serialize_bytes(bytes);
+    }
+    let _ = OFFERED.try_with(|offered| offered.set(Some(bytes.clone())));
+    let written = serializer.serialize_bytes(bytes);
+    // Not taken (declined, or the frame is past its limit): the slot is left empty.
+    let _ = OFFERED.try_with(Cell::take);
+    written
+}
+
+thread_local! {
+    /// Whether a sharing encode runs on this thread.
+    static SHARING: Cell<bool> = const { Cell::new(false) };
+    /// The byte string being serialized right now, while a sharing encode runs.
+    static OFFERED: Cell<Option<Bytes>> = const { Cell::new(None) };
+}
+
+/// A sharing encode on this thread, for as long as it lives: large `Value::Bytes` serialized
+/// meanwhile are offered, one at a time, to [`Sharing::take_offer`]. Dropping it (also on an
+/// error or a panic) ends it and leaves the slot empty.
+pub(crate) struct Sharing {
+    /// Whether one was running already.
+    was: bool,
+}
+
+impl Sharing {
+    pub(crate) fn enter() -> Sharing {
+        Sharing {
+            was: SHARING.try_with(|on| on.replace(true)).unwrap_or(false),
+        }
+    }
+
+    /// The `Bytes` being serialized, if `contents` (what the encoder was given to write) is
+    /// exactly its memory; the offer is withdrawn either way.
+    pub(crate) fn take_offer(&self, contents: &[u8]) -> Option<Bytes> {
+        let offer = OFFERED.try_with(Cell::take).ok().flatten()?;
+        (offer.as_ptr() == contents.as_ptr() && offer.len() == contents.len()).then_some(offer)
+    }
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        let _ = SHARING.try_with(|on| on.set(self.was));
+        let _ = OFFERED.try_with(Cell::take);
+    }
 }
 
 impl fmt::Display for Value {

@@ -14,12 +14,12 @@
 //! the outbox keeps a reference to the object's own buffer and writes it in between
 //! ([`Outbox::send_with`]).
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
+use rpyc_protocol::queue::FrameQueue;
 use rpyc_protocol::{Message, ProtocolError, ServerError, codec};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -51,16 +51,8 @@ impl std::fmt::Debug for Sink {
 }
 
 struct State {
-    /// Encoded frames not yet written.
-    buf: BytesMut,
-    /// Byte strings written from their owners' memory, in order: each goes out once `buf` has
-    /// been written up to its position.
-    shared: VecDeque<Shared>,
-    /// Bytes taken off the front of `buf` so far; the positions in `shared` count from the
-    /// start of `buf` at its creation.
-    consumed: u64,
-    /// Bytes of `shared` not yet written.
-    shared_len: usize,
+    /// Encoded frames not yet written, with the byte strings sent from their owners' memory.
+    queue: FrameQueue<Piece>,
     /// The writer task owns flushing until everything is written (the socket would block, or
     /// the sink is a stream).
     parked: bool,
@@ -71,9 +63,7 @@ struct State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("buf", &self.buf.len())
-            .field("shared", &self.shared.len())
-            .field("shared_len", &self.shared_len)
+            .field("queue", &self.queue)
             .field("parked", &self.parked)
             .field("closed", &self.closed)
             .finish()
@@ -81,112 +71,11 @@ impl std::fmt::Debug for State {
 }
 
 /// A byte string of a frame that stays in its owner's memory.
-struct Shared {
-    /// Its position: right after this many bytes of `buf` (counted as `State::consumed` is).
-    at: u64,
-    bytes: SharedBytes,
-    /// How much of it is written.
-    written: usize,
-}
+struct Piece(SharedBytes);
 
-fn contents(bytes: &SharedBytes) -> &[u8] {
-    (**bytes).as_ref()
-}
-
-impl State {
-    /// Nothing left to write.
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.shared.is_empty()
-    }
-
-    /// Bytes not yet written.
-    fn backlog(&self) -> usize {
-        self.buf.len() + self.shared_len
-    }
-
-    /// Adds a byte string to send after the first `at` bytes of `buf`.
-    fn push_shared(&mut self, at: usize, bytes: SharedBytes) {
-        debug_assert!(at <= self.buf.len());
-        self.shared_len += contents(&bytes).len();
-        self.shared.push_back(Shared {
-            at: self.consumed + at as u64,
-            bytes,
-            written: 0,
-        });
-    }
-
-    /// What to write next: `buf` up to the next shared string, or that string; empty when
-    /// everything is written.
-    fn next_piece(&self) -> &[u8] {
-        match self.shared.front() {
-            Some(s) if s.at > self.consumed => &self.buf[..(s.at - self.consumed) as usize],
-            Some(s) => &contents(&s.bytes)[s.written..],
-            None => &self.buf,
-        }
-    }
-
-    /// The next pieces to write, in order, as many as fit in `iov`; returns how many.
-    fn pieces<'a>(&'a self, iov: &mut [io::IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        let mut pos = 0;
-        for s in &self.shared {
-            let at = (s.at - self.consumed) as usize;
-            if at > pos {
-                if n == iov.len() {
-                    return n;
-                }
-                iov[n] = io::IoSlice::new(&self.buf[pos..at]);
-                n += 1;
-                pos = at;
-            }
-            if n == iov.len() {
-                return n;
-            }
-            iov[n] = io::IoSlice::new(&contents(&s.bytes)[s.written..]);
-            n += 1;
-        }
-        if pos < self.buf.len() && n < iov.len() {
-            iov[n] = io::IoSlice::new(&self.buf[pos..]);
-            n += 1;
-        }
-        n
-    }
-
-    /// Marks `n` bytes of the [`pieces`](Self::pieces) as written.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let k = n.min(self.next_piece().len());
-            debug_assert!(k > 0, "advanced past the end");
-            if k == 0 {
-                return;
-            }
-            self.advance_piece(k);
-            n -= k;
-        }
-    }
-
-    /// Marks `n` bytes of [`next_piece`](Self::next_piece) as written.
-    fn advance_piece(&mut self, n: usize) {
-        match self.shared.front_mut() {
-            Some(s) if s.at == self.consumed => {
-                s.written += n;
-                self.shared_len -= n;
-                if s.written == contents(&s.bytes).len() {
-                    self.shared.pop_front();
-                }
-            }
-            _ => {
-                self.buf.advance(n);
-                self.consumed += n as u64;
-            }
-        }
-    }
-
-    /// Drops everything unwritten.
-    fn clear(&mut self) {
-        self.buf = BytesMut::new();
-        self.shared.clear();
-        self.shared_len = 0;
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
     }
 }
 
@@ -229,10 +118,7 @@ impl Outbox {
         Outbox {
             sink,
             state: Mutex::new(State {
-                buf: BytesMut::with_capacity(8 * 1024),
-                shared: VecDeque::new(),
-                consumed: 0,
-                shared_len: 0,
+                queue: FrameQueue::with_capacity(8 * 1024),
                 parked: false,
                 closed: false,
             }),
@@ -262,9 +148,9 @@ impl Outbox {
             return;
         }
         let mut shared = Vec::new();
-        encode(&mut state.buf, &mut shared, self.max_frame_bytes);
+        encode(state.queue.buffer_mut(), &mut shared, self.max_frame_bytes);
         for (at, bytes) in shared {
-            state.push_shared(at, bytes);
+            state.queue.push_shared(at, Piece(bytes));
         }
         if !state.parked {
             self.flush(&mut state);
@@ -278,7 +164,7 @@ impl Outbox {
         if state.closed {
             return;
         }
-        state.buf.extend_from_slice(frame);
+        state.queue.buffer_mut().extend_from_slice(frame);
         if !state.parked {
             self.flush(&mut state);
         }
@@ -288,7 +174,7 @@ impl Outbox {
     /// to the writer task (stream).
     fn flush(&self, state: &mut State) {
         let Sink::Tcp(half) = &self.sink else {
-            if !state.is_empty() && !state.parked {
+            if !state.queue.is_empty() && !state.parked {
                 state.parked = true;
                 self.parked.notify_one();
             }
@@ -296,7 +182,7 @@ impl Outbox {
         };
         loop {
             let mut iov = [io::IoSlice::new(&[]); 8];
-            let pieces = state.pieces(&mut iov);
+            let pieces = state.queue.pieces(&mut iov);
             if pieces == 0 {
                 break;
             }
@@ -305,7 +191,7 @@ impl Outbox {
                     state.closed = true;
                     break;
                 }
-                Ok(n) => state.advance(n),
+                Ok(n) => state.queue.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !state.parked {
                         state.parked = true;
@@ -321,9 +207,9 @@ impl Outbox {
             }
         }
         if state.closed {
-            state.clear();
-        } else if state.buf.capacity() > KEEP_BUFFER_BYTES {
-            state.buf = BytesMut::with_capacity(8 * 1024);
+            state.queue.clear();
+        } else {
+            state.queue.trim(KEEP_BUFFER_BYTES);
         }
         state.parked = false;
         self.drained.notify_waiters();
@@ -331,7 +217,7 @@ impl Outbox {
 
     /// Bytes encoded and not yet written.
     pub(crate) fn backlog(&self) -> usize {
-        lock(&self.state).backlog()
+        lock(&self.state).queue.len()
     }
 
     /// The backlog above which no new request should start.
@@ -345,7 +231,7 @@ impl Outbox {
             let drained = self.drained.notified();
             {
                 let state = lock(&self.state);
-                if state.closed || state.backlog() < self.high_water {
+                if state.closed || state.queue.len() < self.high_water {
                     return;
                 }
             }
@@ -376,6 +262,9 @@ impl Outbox {
 
     /// Flushes until the backlog is empty; false if the socket failed.
     async fn drain(&self) -> bool {
+        // Over a stream, the frames being written, taken out of the state (swapped with an
+        // empty queue, so both buffers are reused).
+        let mut chunk = FrameQueue::new();
         match &self.sink {
             Sink::Tcp(half) => loop {
                 {
@@ -383,7 +272,7 @@ impl Outbox {
                     if state.closed {
                         return false;
                     }
-                    if state.is_empty() {
+                    if state.queue.is_empty() {
                         state.parked = false;
                         return true;
                     }
@@ -400,33 +289,30 @@ impl Outbox {
                 }
             },
             Sink::Stream(writer) => loop {
-                let (chunk, shared, base) = {
+                {
                     let mut state = lock(&self.state);
                     if state.closed {
                         return false;
                     }
-                    if state.is_empty() {
+                    if state.queue.is_empty() {
                         state.parked = false;
                         drop(state);
                         self.drained.notify_waiters();
                         return true;
                     }
-                    let base = state.consumed;
-                    let chunk = state.buf.split();
-                    state.consumed += chunk.len() as u64;
-                    state.shared_len = 0;
-                    (chunk, std::mem::take(&mut state.shared), base)
-                };
+                    std::mem::swap(&mut state.queue, &mut chunk);
+                }
                 let mut writer = writer.lock().await;
                 let written = async {
-                    let mut pos = 0;
-                    for s in &shared {
-                        let at = (s.at - base) as usize;
-                        writer.write_all(&chunk[pos..at]).await?;
-                        writer.write_all(&contents(&s.bytes)[s.written..]).await?;
-                        pos = at;
+                    loop {
+                        let piece = chunk.next_piece();
+                        if piece.is_empty() {
+                            break;
+                        }
+                        writer.write_all(piece).await?;
+                        let n = piece.len();
+                        chunk.advance_piece(n);
                     }
-                    writer.write_all(&chunk[pos..]).await?;
                     writer.flush().await
                 };
                 if let Err(e) = written.await {
@@ -434,6 +320,7 @@ impl Outbox {
                     lock(&self.state).closed = true;
                     return false;
                 }
+                chunk.trim(KEEP_BUFFER_BYTES);
             },
         }
     }
@@ -444,7 +331,7 @@ impl Outbox {
         {
             let mut state = lock(&self.state);
             state.closed = true;
-            state.clear();
+            state.queue.clear();
         }
         self.drained.notify_waiters();
         let result = match &self.sink {
@@ -475,7 +362,7 @@ impl Outbox {
 impl ReplySink for Outbox {
     fn has_room(&self) -> bool {
         let state = lock(&self.state);
-        state.closed || state.backlog() < self.high_water
+        state.closed || state.queue.len() < self.high_water
     }
 
     fn send(&self, message: &Message) {
