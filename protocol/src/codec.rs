@@ -168,10 +168,12 @@ pub fn encode_frame(
 /// count from the start of `dst`, bytes already there included, and come in order); a
 /// [`FrameQueue`](crate::queue::FrameQueue) writes them so, from their own memory.
 ///
+/// Like [`encode_frame_with`], `message` may be any value that serializes as a [`Message`] does.
+///
 /// # Errors
 /// As [`encode_frame`]; `dst` and `shared` are then left as they were.
-pub fn encode_frame_shared(
-    message: &Message,
+pub fn encode_frame_shared<T: Serialize + ?Sized>(
+    message: &T,
     max_frame_bytes: usize,
     dst: &mut BytesMut,
     shared: &mut Vec<(usize, Bytes)>,
@@ -726,24 +728,15 @@ mod tests {
         }
         let big = Bytes::from(vec![3u8; SHARE_MIN_BYTES]);
         let fails = Fails(Value::Bytes(big.clone()));
-        // Through the same machinery as `encode_frame_shared`, with a value that fails.
         let mut shared = Vec::new();
         let mut dst = BytesMut::new();
-        let result = {
-            let sharing = crate::value::Sharing::enter();
-            let mut share = |contents: &[u8], at: usize| match sharing.take_offer(contents) {
-                Some(bytes) => {
-                    shared.push((at, bytes));
-                    true
-                }
-                None => false,
-            };
-            encode_frame_inner(&fails, DEFAULT_MAX_FRAME_BYTES, &mut dst, Some(&mut share))
-        };
+        let result = encode_frame_shared(&fails, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared);
         assert!(result.is_err());
         assert!(dst.is_empty());
-        assert_eq!(shared.len(), 1, "taken before the failure");
-        drop(shared);
+        assert!(
+            shared.is_empty(),
+            "what was taken before the failure is given back"
+        );
         drop(fails);
         assert!(big.is_unique(), "no offer is left in the slot");
     }

@@ -19,7 +19,7 @@ use serde::forward_to_deserialize_any;
 
 use crate::error::ProtocolError;
 use crate::message::{RequestId, ServerError};
-use crate::value::{Nested, VALUE_VARIANTS};
+use crate::value::{Nested, VALUE_VARIANTS, visit_big_int};
 
 /// `Message::Response` is variant 2 (pinned by the tests in `codec.rs`).
 const RESPONSE_VARIANT: u64 = 2;
@@ -346,20 +346,7 @@ fn visit<'de, V: Visitor<'de>>(
             [b] => Err(Error::Malformed(format!("bool byte {b}"))),
         },
         2 => visitor.visit_i64(r.signed()?),
-        3 => {
-            let s = r.str()?;
-            // Non-negative values go as u128 so that unsigned targets accept them, as
-            // `Value::deserialize_into` does.
-            if let Ok(u) = s.parse::<u64>() {
-                visitor.visit_u64(u)
-            } else if let Ok(u) = s.parse::<u128>() {
-                visitor.visit_u128(u)
-            } else if let Ok(i) = s.parse::<i128>() {
-                visitor.visit_i128(i)
-            } else {
-                Err(de::Error::invalid_type(tag.unexpected(), &visitor))
-            }
-        }
+        3 => visit_big_int(r.str()?, visitor),
         4 => visitor.visit_f64(r.f64()?),
         5 => {
             let (re, im) = (r.f64()?, r.f64()?);

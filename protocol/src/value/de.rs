@@ -58,6 +58,27 @@ impl Value {
     }
 }
 
+/// Visits an `int` outside the `i64` range, given as decimal text: non-negative values as `u64`
+/// or `u128`, so that unsigned targets accept them, negative ones as `i128`; beyond those, a
+/// type error.
+pub(crate) fn visit_big_int<'de, V: Visitor<'de>, E: de::Error>(
+    s: &str,
+    visitor: V,
+) -> Result<V::Value, E> {
+    if let Ok(u) = s.parse::<u64>() {
+        visitor.visit_u64(u)
+    } else if let Ok(u) = s.parse::<u128>() {
+        visitor.visit_u128(u)
+    } else if let Ok(i) = s.parse::<i128>() {
+        visitor.visit_i128(i)
+    } else {
+        Err(E::invalid_type(
+            Unexpected::Other("integer out of range"),
+            &visitor,
+        ))
+    }
+}
+
 fn visit_seq<'de, V: Visitor<'de>>(
     items: Vec<Value>,
     visitor: V,
@@ -83,18 +104,7 @@ impl<'de> de::Deserializer<'de> for Value {
             Value::None => visitor.visit_unit(),
             Value::Bool(b) => visitor.visit_bool(b),
             Value::Int(i) => visitor.visit_i64(i),
-            Value::BigInt(ref s) => {
-                // Non-negative values go as u128 so that unsigned targets accept them.
-                if let Ok(u) = s.parse::<u64>() {
-                    visitor.visit_u64(u)
-                } else if let Ok(u) = s.parse::<u128>() {
-                    visitor.visit_u128(u)
-                } else if let Ok(i) = s.parse::<i128>() {
-                    visitor.visit_i128(i)
-                } else {
-                    Err(de::Error::invalid_type(self.unexpected(), &visitor))
-                }
-            }
+            Value::BigInt(ref s) => visit_big_int(s, visitor),
             Value::Float(x) => visitor.visit_f64(x),
             Value::Complex { re, im } => {
                 visit_seq(vec![Value::Float(re), Value::Float(im)], visitor)
