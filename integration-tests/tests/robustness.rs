@@ -59,6 +59,60 @@ async fn malformed_payloads_get_an_error_and_the_connection_lives_on() -> anyhow
     assert_healthy(&server).await
 }
 
+/// Frames of a megabyte and more are read into a buffer of their own and their byte strings
+/// are not copied: a damaged one, one cut off halfway and one only announced behave as small
+/// ones do.
+#[tokio::test]
+async fn large_frames_that_are_damaged_or_cut_off_do_no_harm() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let big = vec![0x5a_u8; 3 << 20];
+    let request = |id: u64| Message::Request {
+        id: RequestId(id),
+        op: Op::Call {
+            obj: rpyc_client::NetRefId(1),
+            args: rpyc_client::protocol::Args {
+                positional: vec![rpyc_client::Value::bytes(big.clone())],
+                keyword: vec![],
+            },
+            mode: rpyc_client::ReturnMode::Value,
+        },
+    };
+    let mut raw = Raw::connect(&server).await?;
+    // Damaged after the byte string (its last bytes cut): an error naming the request.
+    let mut payload = rpyc_protocol::codec::encode(&request(5))?.to_vec();
+    payload.truncate(payload.len() - 2);
+    raw.send_payload(&payload).await?;
+    match raw.recv().await? {
+        Message::Response {
+            id: RequestId(5),
+            result: Err(ServerError::InvalidRequest(why)),
+        } => assert!(why.contains("malformed"), "{why}"),
+        other => anyhow::bail!("expected an invalid-request reply, got {other:?}"),
+    }
+    // A well-formed one (its reference is unknown): answered, and the connection goes on.
+    raw.send(&request(6)).await?;
+    match raw.recv().await? {
+        Message::Response {
+            id: RequestId(6),
+            result: Err(ServerError::UnknownReference(_)),
+        } => {}
+        other => anyhow::bail!("expected an unknown-reference reply, got {other:?}"),
+    }
+    // 200 MiB announced, 1 MiB sent, then gone; and 200 MiB announced, nothing sent, then gone.
+    let mut cut = Raw::connect(&server).await?;
+    cut.write.write_all(&(200u32 << 20).to_be_bytes()).await?;
+    cut.write.write_all(&big[..1 << 20]).await?;
+    let mut announced = Raw::connect(&server).await?;
+    announced
+        .write
+        .write_all(&(200u32 << 20).to_be_bytes())
+        .await?;
+    assert_healthy(&server).await?;
+    drop(cut);
+    drop(announced);
+    assert_healthy(&server).await
+}
+
 #[tokio::test]
 async fn oversized_length_closes_only_that_connection() -> anyhow::Result<()> {
     let server = TestServer::builder()
