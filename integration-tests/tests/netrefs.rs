@@ -5,7 +5,7 @@ use std::time::Duration;
 use rpyc_client::{CompareOp, Connection, Value};
 use rpyc_integration_tests::TestServer;
 
-use crate::support::connect;
+use crate::support::{assert_healthy, connect};
 
 #[tokio::test]
 async fn modules_namespace_and_builtins() -> anyhow::Result<()> {
@@ -248,4 +248,47 @@ async fn wait_for(conn: &Connection, expr: &str, want: i64) -> anyhow::Result<bo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(false)
+}
+
+/// Closing a connection frees the objects only its references held; a connection that never
+/// ran anything closes without involving Python at all, and neither disturbs the others.
+#[tokio::test]
+async fn closing_a_connection_frees_what_it_held() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let watcher = connect(&server).await?;
+    // A maker every connection can reach (through a module), whose objects the watcher counts.
+    watcher
+        .execute(
+            "import sys, weakref, gc\nclass Obj: pass\nrefs = []\n\
+             sys.rpyc_test_make = lambda: refs.append(weakref.ref(o := Obj())) or o\n\
+             def alive():\n    gc.collect()\n    return sum(1 for r in refs if r() is not None)",
+        )
+        .await?;
+    let owner = connect(&server).await?;
+    let held = [
+        owner
+            .eval_object("__import__('sys').rpyc_test_make()")
+            .await?,
+        owner
+            .eval_object("__import__('sys').rpyc_test_make()")
+            .await?,
+    ];
+    assert_eq!(watcher.eval::<i64>("alive()").await?, 2);
+    // Connections that connect and leave without a request, meanwhile.
+    for _ in 0..20 {
+        connect(&server).await?.close().await;
+    }
+    assert_eq!(
+        watcher.eval::<i64>("alive()").await?,
+        2,
+        "still held by `owner`"
+    );
+    // Closed with its references still alive on this side: the server frees them all.
+    owner.close().await;
+    assert!(
+        wait_for(&watcher, "alive()", 0).await?,
+        "closing the connection did not free its objects"
+    );
+    drop(held);
+    assert_healthy(&server).await
 }

@@ -318,6 +318,14 @@ impl Drop for Worker {
             lock(&shared.cancelled).insert(RequestId(running - 1));
             interrupt(shared, running);
         }
+        // A connection that never ran anything has nothing in Python to free: no executor
+        // thread needs waking (connect-and-close health checks, idle connections).
+        {
+            let queue = lock(&self.conn.queue);
+            if queue.commands.is_empty() && !queue.scheduled && lock(&self.conn.state).is_none() {
+                return;
+            }
+        }
         self.conn.push(Command::Close);
     }
 }
