@@ -42,6 +42,38 @@ fn threads_and_rss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("Threads:")?, field("VmRSS:")?))
 }
 
+/// Connections that leave without a request never reach Python: on a fresh server, whose
+/// executor threads start with the first piece of Python work, connecting and closing starts
+/// none, while the first request does.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn connections_without_requests_start_no_python_thread() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let pid = server.pid();
+    // Let start-up threads settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (before, _) = threads_and_rss_kb(pid)?;
+    for _ in 0..20 {
+        Connection::connect(server.url()).await?.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (after_idle, _) = threads_and_rss_kb(pid)?;
+    assert_eq!(
+        after_idle, before,
+        "connect and close without a request changed the thread count"
+    );
+    // The first request does start Python work (so the count above could have moved).
+    let conn = Connection::connect(server.url()).await?;
+    assert_eq!(conn.eval::<i64>("1+1").await?, 2);
+    let (after_request, _) = threads_and_rss_kb(pid)?;
+    assert!(
+        after_request > before,
+        "a request should start an executor thread ({before} -> {after_request})"
+    );
+    conn.close().await;
+    Ok(())
+}
+
 /// 1,000 connect/execute/disconnect cycles: the thread count returns to its baseline and RSS
 /// grows by less than 16 MiB (allocator slack; a leak of one namespace or thread stack per
 /// connection would exceed it).
