@@ -139,6 +139,10 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
+/// `Message::Response` is variant 2 of `Message` (pinned by the tests below, which compare
+/// responses written by hand with the derived encoding).
+const RESPONSE_VARIANT: u32 = 2;
+
 /// Encodes a message into a frame payload.
 ///
 /// # Errors
@@ -291,8 +295,6 @@ struct OkResponse<'a, T: ?Sized> {
 
 impl<T: Serialize + ?Sized> Serialize for OkResponse<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        /// `Response` is variant 2 of `Message` (pinned by a test below).
-        const RESPONSE_VARIANT: u32 = 2;
         let mut response =
             serializer.serialize_struct_variant("Message", RESPONSE_VARIANT, "Response", 2)?;
         response.serialize_field("id", &self.id)?;

@@ -21,9 +21,6 @@ use crate::error::ProtocolError;
 use crate::message::{RequestId, ServerError};
 use crate::value::{Nested, VALUE_VARIANTS, visit_big_int};
 
-/// `Message::Response` is variant 2 (pinned by the tests in `codec.rs`).
-const RESPONSE_VARIANT: u64 = 2;
-
 /// What [`decode_response_as`] found in a response.
 #[derive(Debug)]
 pub enum TypedReply<T> {
@@ -41,7 +38,7 @@ pub enum TypedReply<T> {
 /// if the payload does not start like a `Message::Response`.
 pub fn response_id(payload: &[u8]) -> Option<RequestId> {
     let mut r = Reader::new(payload);
-    if r.varint().ok()? != RESPONSE_VARIANT {
+    if r.varint().ok()? != u64::from(super::RESPONSE_VARIANT) {
         return None;
     }
     r.varint().ok().map(RequestId)
@@ -55,7 +52,7 @@ pub fn decode_response_as<T: DeserializeOwned>(
     payload: &[u8],
 ) -> Result<TypedReply<T>, ProtocolError> {
     let mut r = Reader::new(payload);
-    if r.varint().map_err(malformed)? != RESPONSE_VARIANT {
+    if r.varint().map_err(malformed)? != u64::from(super::RESPONSE_VARIANT) {
         return Err(malformed(Error::Malformed("not a response".into())));
     }
     r.varint().map_err(malformed)?; // the id

@@ -92,6 +92,9 @@ fn dumpable_all<'py>(
 
 /// The Python object of a brine value.
 pub(super) fn to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    let seq = |items: &[Value]| -> PyResult<Vec<Bound<'py, PyAny>>> {
+        items.iter().map(|v| to_python(py, v)).collect()
+    };
     Ok(match value {
         Value::None => py.None().into_bound(py),
         Value::NotImplemented => py.NotImplemented().into_bound(py),
@@ -106,22 +109,8 @@ pub(super) fn to_python<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'
         Value::Complex { re, im } => PyComplex::from_doubles(py, *re, *im).into_any(),
         Value::Bytes(b) => new_bytes(py, b)?.into_any(),
         Value::Str(s) => PyString::new(py, s).into_any(),
-        Value::Tuple(items) => PyTuple::new(
-            py,
-            items
-                .iter()
-                .map(|v| to_python(py, v))
-                .collect::<PyResult<Vec<_>>>()?,
-        )?
-        .into_any(),
-        Value::FrozenSet(items) => PyFrozenSet::new(
-            py,
-            items
-                .iter()
-                .map(|v| to_python(py, v))
-                .collect::<PyResult<Vec<_>>>()?,
-        )?
-        .into_any(),
+        Value::Tuple(items) => PyTuple::new(py, seq(items)?)?.into_any(),
+        Value::FrozenSet(items) => PyFrozenSet::new(py, seq(items)?)?.into_any(),
         Value::Slice(parts) => {
             let [start, stop, step] = parts.as_ref();
             let (start, stop, step) = (
