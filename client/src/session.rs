@@ -663,7 +663,7 @@ impl Session {
                 }
                 Some(Ok(frame)) => frame,
             };
-            match codec::decode(&frame)? {
+            match codec::decode(&frame.payload)? {
                 Message::Welcome(info) => return Ok((info, read, write)),
                 Message::Goodbye { reason } => {
                     return Err(disconnected(format!(
@@ -802,9 +802,12 @@ impl Session {
     ) -> Result<Outcome> {
         let mut frame = Scratch::take();
         let mut shared = Vec::new();
+        // Byte strings of a megabyte or more go as blobs after the message, which the server
+        // reads straight into the `bytes` objects the call gets.
         codec::encode_frame_shared(
             message,
             self.config.max_frame_bytes,
+            true,
             &mut frame,
             &mut shared,
         )?;
@@ -1250,7 +1253,8 @@ async fn read_loop(mut stream: FramedRead<Reader, codec::FrameCodec>, shared: Ar
         let frame = match stream.next().await {
             None => break "the server closed the connection".to_owned(),
             Some(Err(e)) => break format!("reading failed: {e}"),
-            Some(Ok(frame)) => frame.freeze(),
+            // Plain frames only: the codec refuses blob frames (clients send them, servers don't).
+            Some(Ok(frame)) => frame.payload.freeze(),
         };
         // A response goes to its caller undecoded: the caller converts it into its own type,
         // with no `Value` tree in between, and many callers decode on many threads.

@@ -765,7 +765,7 @@ async fn handshake_failures_are_reported() {
         matches!(
             err,
             Error::Protocol(ProtocolError::VersionMismatch {
-                ours: 1,
+                ours: rpyc_protocol::PROTOCOL_VERSION,
                 theirs: 99
             })
         ),
@@ -773,7 +773,7 @@ async fn handshake_failures_are_reported() {
     );
     assert_eq!(
         err.to_string(),
-        "protocol version mismatch: we speak version 1, the peer speaks version 99"
+        "protocol version mismatch: we speak version 2, the peer speaks version 99"
     );
 
     let fake = Fake::start_with(Behave::BadMagic).await;

@@ -83,7 +83,7 @@ impl Raw {
             .await
             .context("no message from the server within 20 s")?
             .context("server closed the connection")??;
-        Ok(codec::decode(&frame)?)
+        Ok(codec::decode(&frame.payload)?)
     }
 
     /// Waits for the server to close the connection (EOF or reset), up to 20 s.

@@ -16,8 +16,12 @@ use serde::Serialize;
 use serde::ser::{SerializeStructVariant, Serializer};
 use tokio_util::codec::{Decoder, Encoder};
 
+mod blob;
 mod typed;
 
+pub use blob::{
+    BLOB_FRAME_FLAG, BLOB_MIN_BYTES, BlobSpec, Frame, MAX_BLOBS, decode_blobs, read_blobs,
+};
 pub use typed::{TypedReply, decode_response_as, response_id};
 
 use crate::error::ProtocolError;
@@ -26,8 +30,9 @@ use crate::message::{Message, RequestId};
 /// Default maximum frame size: 256 MiB, room for bulk `bytes`.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 
-/// Largest frame size the 4-byte length prefix can express.
-pub const MAX_FRAME_BYTES_LIMIT: usize = u32::MAX as usize;
+/// Largest plain frame the 4-byte length prefix can express (its top bit marks a blob frame,
+/// see [`blob`]).
+pub const MAX_FRAME_BYTES_LIMIT: usize = (blob::BLOB_FRAME_FLAG - 1) as usize;
 
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -43,11 +48,13 @@ const fn config() -> bincode::config::Configuration<
 
 /// The frame codec: a 4-byte big-endian length prefix, at most `max_frame_bytes` of payload.
 ///
-/// Reading a larger length fails with an `InvalidData` I/O error before any allocation.
+/// Reading a larger length fails with an `InvalidData` I/O error before any allocation, and so
+/// does a blob frame unless [`FrameCodec::accepting_blobs`] allows them.
 pub fn framing(max_frame_bytes: usize) -> FrameCodec {
     FrameCodec {
         max: max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT),
-        pending: None,
+        blobs: false,
+        state: ReadState::Prefix,
     }
 }
 
@@ -56,57 +63,143 @@ pub fn framing(max_frame_bytes: usize) -> FrameCodec {
 /// A frame of at least [`memory::LARGE_BUFFER_BYTES`](crate::memory::LARGE_BUFFER_BYTES) is
 /// read into a buffer of its own, allocated once at its full size (see [`crate::memory`]), so
 /// that its payload, frozen into `Bytes`, can be handed on without a copy (see
-/// [`decode_shared`]).
+/// [`decode_shared`]). Of a blob frame, it reads the head and the table; the caller reads the
+/// blobs where it wants them ([`read_blobs`]).
 #[derive(Debug)]
 pub struct FrameCodec {
     max: usize,
-    /// The payload length of the frame being read, once its prefix has been taken.
-    pending: Option<usize>,
+    /// Whether blob frames are accepted.
+    blobs: bool,
+    state: ReadState,
+}
+
+/// Where [`FrameCodec`] is in the frame being read.
+#[derive(Debug, Clone, Copy)]
+enum ReadState {
+    /// Before a length prefix.
+    Prefix,
+    /// In a plain frame's payload of this length.
+    Plain(usize),
+    /// In a blob frame's head of this length, or its blob count right after it.
+    BlobHead(usize),
+    /// In a blob frame's table of this many entries, after a head of this length.
+    BlobTable { head: usize, count: usize },
+}
+
+impl FrameCodec {
+    /// Accepts blob frames too (a server reading requests).
+    pub fn accepting_blobs(mut self) -> Self {
+        self.blobs = true;
+        self
+    }
+
+    /// Room for a payload of `len` bytes, `src` holding what has arrived of it.
+    fn make_room(src: &mut BytesMut, len: usize) {
+        if src.capacity() < len {
+            if len >= crate::memory::LARGE_BUFFER_BYTES {
+                let mut own = crate::memory::buffer(len);
+                own.extend_from_slice(src);
+                *src = own;
+            } else {
+                src.reserve(len - src.len());
+            }
+        }
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 impl Decoder for FrameCodec {
-    type Item = BytesMut;
+    type Item = Frame;
     type Error = io::Error;
 
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        let len = match self.pending {
-            Some(len) => len,
-            None => {
-                let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_BYTES>() else {
-                    return Ok(None);
-                };
-                let len = u32::from_be_bytes(*prefix) as usize;
-                if len > self.max {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a frame of {len} bytes is above the limit of {}", self.max),
-                    ));
-                }
-                src.advance(LENGTH_PREFIX_BYTES);
-                if src.capacity() < len {
-                    if len >= crate::memory::LARGE_BUFFER_BYTES {
-                        let mut own = crate::memory::buffer(len);
-                        own.extend_from_slice(src);
-                        *src = own;
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Frame>> {
+        loop {
+            match self.state {
+                ReadState::Prefix => {
+                    let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+                        return Ok(None);
+                    };
+                    let prefix = u32::from_be_bytes(*prefix);
+                    let is_blob = prefix & blob::BLOB_FRAME_FLAG != 0;
+                    let len = (prefix & !blob::BLOB_FRAME_FLAG) as usize;
+                    if is_blob && !self.blobs {
+                        return Err(invalid(
+                            "a blob frame, which only a client may send".to_owned(),
+                        ));
+                    }
+                    if len > self.max {
+                        return Err(invalid(format!(
+                            "a frame of {len} bytes is above the limit of {}",
+                            self.max
+                        )));
+                    }
+                    src.advance(LENGTH_PREFIX_BYTES);
+                    if is_blob {
+                        Self::make_room(src, len + blob::COUNT_BYTES);
+                        self.state = ReadState::BlobHead(len);
                     } else {
-                        src.reserve(len - src.len());
+                        Self::make_room(src, len);
+                        self.state = ReadState::Plain(len);
                     }
                 }
-                self.pending = Some(len);
-                len
+                ReadState::Plain(len) => {
+                    if src.len() < len {
+                        return Ok(None);
+                    }
+                    self.state = ReadState::Prefix;
+                    return Ok(Some(Frame {
+                        payload: src.split_to(len),
+                        blobs: Vec::new(),
+                    }));
+                }
+                ReadState::BlobHead(head) => {
+                    let Some(count) = src
+                        .get(head..)
+                        .and_then(|rest| rest.first_chunk::<{ blob::COUNT_BYTES }>())
+                    else {
+                        return Ok(None);
+                    };
+                    let count = u32::from_be_bytes(*count) as usize;
+                    if !(1..=blob::MAX_BLOBS).contains(&count) {
+                        return Err(invalid(format!(
+                            "a blob frame of {count} blobs (1 to {} allowed)",
+                            blob::MAX_BLOBS
+                        )));
+                    }
+                    let table = head + blob::COUNT_BYTES + count * blob::ENTRY_BYTES;
+                    if table > self.max {
+                        return Err(invalid(format!(
+                            "a blob frame of more than {table} bytes is above the limit of {}",
+                            self.max
+                        )));
+                    }
+                    src.reserve(table.saturating_sub(src.len()));
+                    self.state = ReadState::BlobTable { head, count };
+                }
+                ReadState::BlobTable { head, count } => {
+                    let start = head + blob::COUNT_BYTES;
+                    let end = start + count * blob::ENTRY_BYTES;
+                    if src.len() < end {
+                        return Ok(None);
+                    }
+                    let blobs =
+                        blob::parse_table(&src[start..end], head, self.max).map_err(invalid)?;
+                    let payload = src.split_to(head);
+                    src.advance(end - head);
+                    self.state = ReadState::Prefix;
+                    return Ok(Some(Frame { payload, blobs }));
+                }
             }
-        };
-        if src.len() < len {
-            return Ok(None);
         }
-        self.pending = None;
-        Ok(Some(src.split_to(len)))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Frame>> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() && self.pending.is_none() => Ok(None),
+            None if src.is_empty() && matches!(self.state, ReadState::Prefix) => Ok(None),
             None => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the stream ended in the middle of a frame",
@@ -172,6 +265,10 @@ pub fn encode_frame(
 /// count from the start of `dst`, bytes already there included, and come in order); a
 /// [`FrameQueue`](crate::queue::FrameQueue) writes them so, from their own memory.
 ///
+/// With `blobs`, byte strings of at least [`BLOB_MIN_BYTES`] make the frame a blob frame
+/// (see [`read_blobs`]): they go after the message, all at the position where the frame's
+/// bytes in `dst` end. Only a peer that accepts blob frames (a server) may be sent one.
+///
 /// Like [`encode_frame_with`], `message` may be any value that serializes as a [`Message`] does.
 ///
 /// # Errors
@@ -179,11 +276,13 @@ pub fn encode_frame(
 pub fn encode_frame_shared<T: Serialize + ?Sized>(
     message: &T,
     max_frame_bytes: usize,
+    blobs: bool,
     dst: &mut BytesMut,
     shared: &mut Vec<(usize, Bytes)>,
 ) -> Result<(), ProtocolError> {
     let first = shared.len();
-    let sharing = crate::value::Sharing::enter();
+    let sharing = crate::value::Sharing::enter(blobs);
+    let mut taken_blobs = Vec::new();
     let mut share = |contents: &[u8], at: usize| match sharing.take_offer(contents) {
         Some(bytes) => {
             shared.push((at, bytes));
@@ -191,9 +290,24 @@ pub fn encode_frame_shared<T: Serialize + ?Sized>(
         }
         None => false,
     };
-    let encoded = encode_frame_inner(message, max_frame_bytes, dst, Some(&mut share));
+    let mut blob = |contents: &[u8]| {
+        let bytes = sharing.take_blob(contents)?;
+        let len = bytes.len();
+        taken_blobs.push(bytes);
+        Some(len)
+    };
+    let encoded = encode_frame_inner(
+        message,
+        max_frame_bytes,
+        dst,
+        Some(&mut share),
+        blobs.then_some(&mut blob as BlobFn<'_>),
+    );
     if encoded.is_err() {
         shared.truncate(first);
+    } else {
+        let end = dst.len();
+        shared.extend(taken_blobs.into_iter().map(|bytes| (end, bytes)));
     }
     encoded
 }
@@ -212,14 +326,15 @@ pub fn encode_frame_with<T: Serialize + ?Sized>(
     max_frame_bytes: usize,
     dst: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
-    encode_frame_inner(value, max_frame_bytes, dst, None)
+    encode_frame_inner(value, max_frame_bytes, dst, None, None)
 }
 
-fn encode_frame_inner<T: Serialize + ?Sized>(
+fn encode_frame_inner<'s, T: Serialize + ?Sized>(
     value: &T,
     max_frame_bytes: usize,
     dst: &mut BytesMut,
-    share: Option<ShareFn<'_>>,
+    share: Option<ShareFn<'s>>,
+    blob: Option<BlobFn<'s>>,
 ) -> Result<(), ProtocolError> {
     let start = dst.len();
     let max = max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT);
@@ -229,23 +344,43 @@ fn encode_frame_inner<T: Serialize + ?Sized>(
         size: 0,
         max,
         share,
+        blob,
+        table: Vec::new(),
+        blob_bytes: 0,
     };
     let written = bincode::serde::encode_into_writer(value, &mut writer, config());
-    let size = writer.size;
+    let (head, total, table) = (writer.size, writer.total(), writer.table);
     if let Err(e) = written {
         dst.truncate(start);
         return Err(e.into());
     }
-    match u32::try_from(size) {
-        Ok(len) if size <= max => {
-            dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
-            Ok(())
-        }
-        _ => {
-            dst.truncate(start);
-            Err(ProtocolError::TooLarge { size, max })
-        }
+    if table.len() > blob::MAX_BLOBS {
+        dst.truncate(start);
+        return Err(ProtocolError::Blob(format!(
+            "{} byte strings of {} bytes or more in one message (at most {} allowed)",
+            table.len(),
+            BLOB_MIN_BYTES,
+            blob::MAX_BLOBS
+        )));
     }
+    let Some(prefix) = u32::try_from(head).ok().filter(|_| total <= max) else {
+        dst.truncate(start);
+        return Err(ProtocolError::TooLarge { size: total, max });
+    };
+    let prefix = if table.is_empty() {
+        prefix
+    } else {
+        dst.reserve(blob::COUNT_BYTES + table.len() * blob::ENTRY_BYTES);
+        // At most MAX_BLOBS, checked above; positions are within the head, below the limit.
+        dst.put_u32(table.len() as u32);
+        for spec in &table {
+            dst.put_u32(spec.position as u32);
+            dst.put_u64(spec.len as u64);
+        }
+        prefix | BLOB_FRAME_FLAG
+    };
+    dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
+    Ok(())
 }
 
 /// Encodes `Message::Response { id, result: Ok(value) }` as a complete frame at the end of
@@ -284,7 +419,13 @@ pub fn encode_response_frame_sharing<T: Serialize + ?Sized>(
     dst: &mut BytesMut,
     share: &mut dyn FnMut(&[u8], usize) -> bool,
 ) -> Result<(), ProtocolError> {
-    encode_frame_inner(&OkResponse { id, value }, max_frame_bytes, dst, Some(share))
+    encode_frame_inner(
+        &OkResponse { id, value },
+        max_frame_bytes,
+        dst,
+        Some(share),
+        None,
+    )
 }
 
 /// Serializes as `Message::Response { id, result: Ok(value) }` (derived `Serialize` shape).
@@ -315,20 +456,55 @@ impl<T: Serialize + ?Sized> Serialize for OkResult<'_, T> {
 /// Offered each large byte string with its position; true if the caller took it.
 type ShareFn<'s> = &'s mut dyn FnMut(&[u8], usize) -> bool;
 
-/// Appends a payload to the frame buffer (or lets `share` take large byte strings); past the
-/// limit it only counts.
+/// Offered each empty byte string; if it stands for a blob, the caller takes the blob and
+/// returns its length.
+type BlobFn<'s> = &'s mut dyn FnMut(&[u8]) -> Option<usize>;
+
+/// Appends a payload to the frame buffer (or lets `share` take large byte strings, and `blob`
+/// blobs); past the limit it only counts.
 struct FrameWriter<'a, 's> {
     dst: &'a mut BytesMut,
+    /// Bytes of the payload (of a blob frame, its head).
     size: usize,
     max: usize,
     share: Option<ShareFn<'s>>,
+    blob: Option<BlobFn<'s>>,
+    /// The blobs taken so far.
+    table: Vec<BlobSpec>,
+    blob_bytes: usize,
+}
+
+impl FrameWriter<'_, '_> {
+    /// The frame's size so far, prefix excluded (a blob frame's table and blobs included).
+    fn total(&self) -> usize {
+        let table = if self.table.is_empty() {
+            0
+        } else {
+            blob::COUNT_BYTES + self.table.len() * blob::ENTRY_BYTES
+        };
+        self.size
+            .saturating_add(table)
+            .saturating_add(self.blob_bytes)
+    }
 }
 
 impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if bytes.is_empty() {
+            if let Some(blob) = &mut self.blob
+                && let Some(len) = blob(bytes)
+            {
+                self.table.push(BlobSpec {
+                    position: self.size,
+                    len,
+                });
+                self.blob_bytes = self.blob_bytes.saturating_add(len);
+            }
+            return Ok(());
+        }
         self.size = self.size.saturating_add(bytes.len());
-        if self.size > self.max {
+        if self.total() > self.max {
             return Ok(());
         }
         if bytes.len() >= SHARE_MIN_BYTES
@@ -632,8 +808,14 @@ mod tests {
         let want = frame(&message);
         let mut dst = BytesMut::from(&b"earlier frames"[..]);
         let mut shared = vec![(3, Bytes::from_static(b"kept"))];
-        encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
-            .expect("encodes");
+        encode_frame_shared(
+            &message,
+            DEFAULT_MAX_FRAME_BYTES,
+            false,
+            &mut dst,
+            &mut shared,
+        )
+        .expect("encodes");
         assert_eq!(&dst[..14], b"earlier frames");
         assert_eq!(shared[0], (3, Bytes::from_static(b"kept")), "left alone");
         let new = &shared[1..];
@@ -674,8 +856,14 @@ mod tests {
         assert!(large.is_empty());
         let mut dst = BytesMut::new();
         let mut shared = Vec::new();
-        encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
-            .expect("encodes");
+        encode_frame_shared(
+            &message,
+            DEFAULT_MAX_FRAME_BYTES,
+            false,
+            &mut dst,
+            &mut shared,
+        )
+        .expect("encodes");
         assert!(shared.is_empty());
         assert_eq!(dst, frame(&message));
         for message in [
@@ -685,8 +873,14 @@ mod tests {
             },
         ] {
             let mut dst = BytesMut::new();
-            encode_frame_shared(&message, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared)
-                .expect("encodes");
+            encode_frame_shared(
+                &message,
+                DEFAULT_MAX_FRAME_BYTES,
+                false,
+                &mut dst,
+                &mut shared,
+            )
+            .expect("encodes");
             assert!(shared.is_empty());
             assert_eq!(dst, frame(&message));
         }
@@ -700,7 +894,8 @@ mod tests {
         let max = full - 1;
         let mut dst = BytesMut::from(&b"keep"[..]);
         let mut shared = vec![(1, Bytes::from_static(b"old"))];
-        let err = encode_frame_shared(&message, max, &mut dst, &mut shared).expect_err("too big");
+        let err =
+            encode_frame_shared(&message, max, false, &mut dst, &mut shared).expect_err("too big");
         assert!(
             matches!(err, ProtocolError::TooLarge { size, max: m } if size == full && m == max),
             "{err:?}"
@@ -711,7 +906,7 @@ mod tests {
         assert!(large.iter().all(Bytes::is_unique), "nothing is kept");
         // Room for it: fine.
         let (message, _) = upload(&[SHARE_MIN_BYTES, 1 << 20, 7]);
-        encode_frame_shared(&message, full, &mut dst, &mut shared).expect("fits");
+        encode_frame_shared(&message, full, false, &mut dst, &mut shared).expect("fits");
         assert_eq!(shared.len(), 1 + 4);
         assert_eq!(splice(&dst, 4, &shared[1..]), frame(&message)[..]);
     }
@@ -732,7 +927,13 @@ mod tests {
         let fails = Fails(Value::Bytes(big.clone()));
         let mut shared = Vec::new();
         let mut dst = BytesMut::new();
-        let result = encode_frame_shared(&fails, DEFAULT_MAX_FRAME_BYTES, &mut dst, &mut shared);
+        let result = encode_frame_shared(
+            &fails,
+            DEFAULT_MAX_FRAME_BYTES,
+            false,
+            &mut dst,
+            &mut shared,
+        );
         assert!(result.is_err());
         assert!(dst.is_empty());
         assert!(
@@ -762,14 +963,190 @@ mod tests {
         assert!(src.capacity() >= payload.len());
         src.extend_from_slice(&wire[10..]);
         let got = codec.decode(&mut src).expect("fine").expect("a frame");
-        assert_eq!(got[..], payload[..]);
+        assert_eq!(got.payload[..], payload[..]);
         let next = codec.decode(&mut src).expect("fine").expect("a frame");
-        assert_eq!(next[..], [42]);
+        assert_eq!(next.payload[..], [42]);
         // A length above the limit is still refused, before allocating.
         let mut codec = framing(1000);
         let mut src = BytesMut::from(&[0, 0x20, 0, 0][..]);
         assert!(codec.decode(&mut src).is_err());
         assert!(src.capacity() < 1 << 20);
+    }
+
+    /// Reads blob frames off `wire` as a server would: through the codec (fed in pieces of
+    /// `chunk` bytes), then the blobs with `read_blobs` into buffers of their own.
+    async fn read_blob_frames(wire: &[u8], chunk: usize) -> io::Result<Vec<(Message, Vec<Bytes>)>> {
+        let mut codec = framing(DEFAULT_MAX_FRAME_BYTES).accepting_blobs();
+        let mut src = BytesMut::new();
+        let mut rest = wire;
+        let mut out = Vec::new();
+        loop {
+            let frame = match codec.decode(&mut src)? {
+                Some(frame) => frame,
+                None if rest.is_empty() => match codec.decode_eof(&mut src)? {
+                    Some(frame) => frame,
+                    None => return Ok(out),
+                },
+                None => {
+                    let n = chunk.min(rest.len());
+                    src.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    continue;
+                }
+            };
+            let mut bufs: Vec<BytesMut> = frame
+                .blobs
+                .iter()
+                .map(|b| crate::memory::buffer(b.len))
+                .collect();
+            let mut slices: Vec<&mut [std::mem::MaybeUninit<u8>]> = bufs
+                .iter_mut()
+                .zip(&frame.blobs)
+                .map(|(buf, spec)| &mut buf.spare_capacity_mut()[..spec.len])
+                .collect();
+            read_blobs(&mut src, &mut rest, &mut slices).await?;
+            let blobs: Vec<Bytes> = bufs
+                .into_iter()
+                .zip(&frame.blobs)
+                .map(|(mut buf, spec)| {
+                    // SAFETY: read_blobs filled the first `spec.len` bytes.
+                    unsafe { buf.set_len(spec.len) };
+                    buf.freeze()
+                })
+                .collect();
+            let placed = frame
+                .blobs
+                .iter()
+                .map(|spec| spec.position)
+                .zip(blobs.iter().cloned())
+                .collect();
+            let message = decode_blobs(&frame.payload.freeze(), placed)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            out.push((message, blobs));
+        }
+    }
+
+    fn blob_frame(message: &Message) -> (Vec<u8>, Vec<(usize, Bytes)>) {
+        let mut dst = BytesMut::new();
+        let mut shared = Vec::new();
+        encode_frame_shared(
+            message,
+            DEFAULT_MAX_FRAME_BYTES,
+            true,
+            &mut dst,
+            &mut shared,
+        )
+        .expect("encodes");
+        (splice(&dst, 0, &shared), shared)
+    }
+
+    #[tokio::test]
+    async fn blob_frames_carry_large_byte_strings_after_the_message() {
+        let sizes = [BLOB_MIN_BYTES, 10, SHARE_MIN_BYTES, 0, BLOB_MIN_BYTES + 5];
+        let (message, _) = upload(&sizes);
+        let (wire, shared) = blob_frame(&message);
+        assert_eq!(
+            u32::from_be_bytes(wire[..4].try_into().expect("4 bytes")) & BLOB_FRAME_FLAG,
+            BLOB_FRAME_FLAG
+        );
+        // Four blobs (the first string is also twice in the keyword argument) after the head,
+        // plus the 64 KiB string written from its own memory inside the head.
+        let blobs: Vec<usize> = shared
+            .iter()
+            .filter(|(_, b)| b.len() >= BLOB_MIN_BYTES)
+            .map(|(at, _)| *at)
+            .collect();
+        assert_eq!(blobs.len(), 4);
+        assert!(blobs.iter().all(|at| *at == blobs[0]), "all at the end");
+        assert_eq!(shared.len(), 5);
+        // A plain frame behind it, and everything arriving in odd pieces.
+        let mut wire_two = wire.clone();
+        wire_two.extend_from_slice(&frame(&Message::Ping { id: RequestId(5) }));
+        for chunk in [7, 4096, 1 << 22] {
+            let got = read_blob_frames(&wire_two, chunk).await.expect("reads");
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[0].0, message, "chunk {chunk}");
+            assert_eq!(got[1].0, Message::Ping { id: RequestId(5) });
+            // Each blob in the message is the buffer it was read into, not a copy.
+            let Message::Request {
+                op: crate::Op::Call { args, .. },
+                ..
+            } = &got[0].0
+            else {
+                panic!("a call");
+            };
+            let Value::List(items) = &args.positional[0] else {
+                panic!("a list");
+            };
+            let Value::Bytes(first) = &items[0] else {
+                panic!("bytes");
+            };
+            assert_eq!(first.as_ptr(), got[0].1[0].as_ptr());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_peer_refuses_blob_frames_and_damage_is_named() {
+        let (message, _) = upload(&[BLOB_MIN_BYTES, 3]);
+        let (wire, _) = blob_frame(&message);
+        let mut plain = framing(DEFAULT_MAX_FRAME_BYTES);
+        let err = plain
+            .decode(&mut BytesMut::from(&wire[..]))
+            .expect_err("refused");
+        assert!(err.to_string().contains("blob frame"), "{err}");
+
+        let head = u32::from_be_bytes(wire[..4].try_into().expect("4")) & !BLOB_FRAME_FLAG;
+        let table_at = 4 + head as usize;
+        let damaged = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut w = wire.clone();
+            edit(&mut w);
+            w
+        };
+        let count = |n: u32| {
+            move |w: &mut Vec<u8>| w[table_at..table_at + 4].copy_from_slice(&n.to_be_bytes())
+        };
+        let position = |p: u32| {
+            move |w: &mut Vec<u8>| w[table_at + 4..table_at + 8].copy_from_slice(&p.to_be_bytes())
+        };
+        let length = |l: u64| {
+            move |w: &mut Vec<u8>| w[table_at + 8..table_at + 16].copy_from_slice(&l.to_be_bytes())
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (damaged(&count(0)), "0 blobs"),
+            (damaged(&count(MAX_BLOBS as u32 + 1)), "blobs (1 to"),
+            (damaged(&position(head + 1)), "of a"),
+            (damaged(&position(3)), "not in the place of a byte string"),
+            (damaged(&length(1 << 40)), "above the limit"),
+            (
+                damaged(&|w: &mut Vec<u8>| w.truncate(w.len() - 10)),
+                "in the middle of a blob",
+            ),
+            (
+                damaged(&|w: &mut Vec<u8>| w.truncate(table_at + 6)),
+                "in the middle of a frame",
+            ),
+        ];
+        for (wire, want) in cases {
+            let err = read_blob_frames(&wire, 4096).await.expect_err(want);
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_blob_frame_counts_its_blobs_and_leaves_everything() {
+        let (message, _) = upload(&[BLOB_MIN_BYTES, 3]);
+        let (wire, _) = blob_frame(&message);
+        let full = wire.len() - LENGTH_PREFIX_BYTES;
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        let mut shared = vec![(1, Bytes::from_static(b"k"))];
+        let err = encode_frame_shared(&message, full - 1, true, &mut dst, &mut shared)
+            .expect_err("too big");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { size, .. } if size == full),
+            "{err:?}"
+        );
+        assert_eq!((&dst[..], shared.len()), (&b"keep"[..], 1));
+        encode_frame_shared(&message, full, true, &mut dst, &mut shared).expect("fits exactly");
     }
 
     #[test]

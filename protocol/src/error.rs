@@ -40,6 +40,9 @@ pub enum ProtocolError {
         /// The peer's version.
         theirs: u16,
     },
+    /// A blob frame's blobs do not fit its message, or a message has too many of them.
+    #[error("malformed blob frame: {0}")]
+    Blob(String),
     /// Framing failed: I/O error, or a length prefix above the maximum frame size.
     #[error("framing: {0}")]
     Io(#[from] std::io::Error),

@@ -57,4 +57,4 @@ pub use value::{FromValueError, Value};
 pub const DEFAULT_PORT: u16 = 18812;
 
 /// Version of this protocol, exchanged in the greeting; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -113,36 +113,58 @@ impl Value {
 /// a large byte string's `Bytes` is offered to it (see [`Sharing`]) for as long as it is being
 /// written, so that the encoder can keep a handle on it rather than copy it.
 fn serialize_bytes<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-    if bytes.len() < crate::codec::SHARE_MIN_BYTES || !SHARING.try_with(Cell::get).unwrap_or(false)
-    {
+    let mode = SHARING.try_with(Cell::get).unwrap_or(Mode::Off);
+    if bytes.len() < crate::codec::SHARE_MIN_BYTES || mode == Mode::Off {
         return serializer.serialize_bytes(bytes);
     }
+    // A blob is written as an empty byte string (whose data pointer identifies it) and sent
+    // after the message.
+    let blob = mode == Mode::Blobs && bytes.len() >= crate::codec::BLOB_MIN_BYTES;
     let _ = OFFERED.try_with(|offered| offered.set(Some(bytes.clone())));
-    let written = serializer.serialize_bytes(bytes);
+    let written = serializer.serialize_bytes(if blob { &bytes[..0] } else { bytes });
     // Not taken (declined, or the frame is past its limit): the slot is left empty.
-    let _ = OFFERED.try_with(Cell::take);
+    let left = OFFERED.try_with(Cell::take).ok().flatten();
+    if blob && left.is_some() && written.is_ok() {
+        // Never the case with the encoder that set the mode; refuse rather than lose the data.
+        return Err(serde::ser::Error::custom(
+            "a large byte string was left out of the message but not taken as a blob",
+        ));
+    }
     written
 }
 
+/// What a sharing encode does with large byte strings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No sharing encode runs.
+    Off,
+    /// Large byte strings are offered to be written from their own memory.
+    Share,
+    /// So are they, and the largest are sent as blobs.
+    Blobs,
+}
+
 thread_local! {
-    /// Whether a sharing encode runs on this thread.
-    static SHARING: Cell<bool> = const { Cell::new(false) };
+    /// Whether a sharing encode runs on this thread, and of which kind.
+    static SHARING: Cell<Mode> = const { Cell::new(Mode::Off) };
     /// The byte string being serialized right now, while a sharing encode runs.
     static OFFERED: Cell<Option<Bytes>> = const { Cell::new(None) };
 }
 
 /// A sharing encode on this thread, for as long as it lives: large `Value::Bytes` serialized
-/// meanwhile are offered, one at a time, to [`Sharing::take_offer`]. Dropping it (also on an
-/// error or a panic) ends it and leaves the slot empty.
+/// meanwhile are offered, one at a time, to [`Sharing::take_offer`] (or, with blobs, the
+/// largest to [`Sharing::take_blob`]). Dropping it (also on an error or a panic) ends it and
+/// leaves the slot empty.
 pub(crate) struct Sharing {
-    /// Whether one was running already.
-    was: bool,
+    /// The mode before.
+    was: Mode,
 }
 
 impl Sharing {
-    pub(crate) fn enter() -> Sharing {
+    pub(crate) fn enter(blobs: bool) -> Sharing {
+        let mode = if blobs { Mode::Blobs } else { Mode::Share };
         Sharing {
-            was: SHARING.try_with(|on| on.replace(true)).unwrap_or(false),
+            was: SHARING.try_with(|on| on.replace(mode)).unwrap_or(Mode::Off),
         }
     }
 
@@ -151,6 +173,26 @@ impl Sharing {
     pub(crate) fn take_offer(&self, contents: &[u8]) -> Option<Bytes> {
         let offer = OFFERED.try_with(Cell::take).ok().flatten()?;
         (offer.as_ptr() == contents.as_ptr() && offer.len() == contents.len()).then_some(offer)
+    }
+
+    /// The `Bytes` being serialized as a blob, if `contents` (an empty byte string the encoder
+    /// was given to write) stands for it; otherwise the slot is left as it was.
+    pub(crate) fn take_blob(&self, contents: &[u8]) -> Option<Bytes> {
+        OFFERED
+            .try_with(|offered| {
+                let offer = offered.take()?;
+                if contents.is_empty()
+                    && offer.len() >= crate::codec::BLOB_MIN_BYTES
+                    && offer.as_ptr() == contents.as_ptr()
+                {
+                    Some(offer)
+                } else {
+                    offered.set(Some(offer));
+                    None
+                }
+            })
+            .ok()
+            .flatten()
     }
 }
 

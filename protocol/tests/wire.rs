@@ -255,7 +255,7 @@ async fn frames_split_across_reads_reassemble() -> Result<(), Box<dyn std::error
     let mut frames = FramedRead::new(server, codec::framing(1 << 20));
     for want in expected {
         let frame = frames.next().await.ok_or("stream ended early")??;
-        assert_eq!(codec::decode(&frame)?, want);
+        assert_eq!(codec::decode(&frame.payload)?, want);
     }
     writer.await??;
     Ok(())

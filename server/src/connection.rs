@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
 use crate::error::ConnectionError;
-use crate::python::Worker;
+use crate::python::{BlobBuffers, Blobs, Worker};
 use outbox::Outbox;
 
 /// Serves one connection until the client leaves, the connection fails, or `stop` fires.
@@ -60,6 +60,7 @@ enum Held {
     Request {
         id: rpyc_protocol::RequestId,
         op: rpyc_protocol::Op,
+        blobs: Blobs,
         bytes: usize,
     },
     Release(Vec<rpyc_protocol::NetRefId>),
@@ -151,7 +152,10 @@ async fn serve_native(
     }
     let worker = Worker::new(conn_id, Arc::clone(&outbox) as _);
 
-    let mut frames = FramedRead::new(read, codec::framing(config.max_frame_bytes));
+    let mut frames = FramedRead::new(
+        read,
+        codec::framing(config.max_frame_bytes).accepting_blobs(),
+    );
     // Flow control: requests the worker may not start yet wait here, in order with releases.
     // While replies go out at once, up to MAX_IN_FLIGHT requests run ahead (pipelining); while
     // some wait to be written (a slow reader), one at a time; above the outbox's high-water
@@ -174,10 +178,15 @@ async fn serve_native(
                 break;
             }
             match held.pop_front() {
-                Some(Held::Request { id, op, bytes }) => {
+                Some(Held::Request {
+                    id,
+                    op,
+                    blobs,
+                    bytes,
+                }) => {
                     held_bytes -= bytes;
                     queued_bytes += bytes;
-                    worker.submit(id, op);
+                    worker.submit(id, op, blobs);
                 }
                 Some(Held::Release(ids)) => worker.release(ids),
                 None => break,
@@ -218,16 +227,33 @@ async fn serve_native(
                 };
                 break Err(ConnectionError::Io(e));
             }
-            Some(Ok(frame)) => frame.freeze(),
+            Some(Ok(frame)) => frame,
         };
-        // Large byte strings in a request share the frame rather than being copied out of it.
-        match codec::decode_shared(&frame) {
+        let size = frame.size();
+        // Large byte strings in a request share the frame rather than being copied out of it;
+        // a blob frame's blobs are read straight into the `bytes` objects the call will get.
+        let (frame, decoded, blobs) = if frame.blobs.is_empty() {
+            let frame = frame.payload.freeze();
+            let decoded = codec::decode_shared(&frame);
+            (frame, decoded, Blobs::default())
+        } else {
+            let read = tokio::select! {
+                () = stop.cancelled() => break Ok("server shutting down"),
+                read = read_blobs(&mut frames, frame) => read,
+            };
+            match read {
+                Ok(read) => read,
+                Err(e) => break Err(e),
+            }
+        };
+        match decoded {
             Ok(Message::Request { id, op }) => {
-                held_bytes += frame.len();
+                held_bytes += size;
                 held.push_back(Held::Request {
                     id,
                     op,
-                    bytes: frame.len(),
+                    blobs,
+                    bytes: size,
                 });
             }
             Ok(Message::Ping { id }) => outbox.send(&Message::Pong { id }),
@@ -261,7 +287,7 @@ async fn serve_native(
                 warn!(message = ?other, "ignoring a message a client should not send");
             }
             Err(e) => {
-                warn!(error = %e, bytes = frame.len(), "malformed message");
+                warn!(error = %e, bytes = size, "malformed message");
                 if let Some(id) = codec::peek_request_id(&frame) {
                     outbox.send(&Message::Response {
                         id,
@@ -281,6 +307,35 @@ async fn serve_native(
         warn!(error = %e, "writer task failed");
     }
     outcome
+}
+
+/// Reads the blobs of a blob `frame` into `bytes` objects and decodes the frame with them.
+/// Returns the frame's head (for an error reply's request id), the message, and the blobs
+/// for the worker.
+async fn read_blobs(
+    frames: &mut FramedRead<Box<dyn AsyncRead + Send + Unpin>, codec::FrameCodec>,
+    frame: codec::Frame,
+) -> Result<(bytes::Bytes, Result<Message, ProtocolError>, Blobs), ConnectionError> {
+    let lens = frame.blobs.iter().map(|blob| blob.len).collect();
+    let mut buffers = BlobBuffers::allocate(lens)
+        .await
+        .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
+    // What the frame reader has buffered past the head comes first; the rest is read straight
+    // from the socket, and whatever follows the blobs goes back to the frame reader.
+    let mut buffered = frames.read_buffer_mut().split();
+    codec::read_blobs(&mut buffered, frames.get_mut(), &mut buffers.buffers()).await?;
+    *frames.read_buffer_mut() = buffered;
+    // SAFETY: `read_blobs` returned Ok, so it filled every buffer.
+    let (bytes, blobs) = unsafe { buffers.filled() };
+    let head = frame.payload.freeze();
+    let placed = frame
+        .blobs
+        .iter()
+        .map(|blob| blob.position)
+        .zip(bytes)
+        .collect();
+    let decoded = codec::decode_blobs(&head, placed);
+    Ok((head, decoded, blobs))
 }
 
 /// Exchanges greetings, sending `then` in the same write as ours; on a version mismatch the

@@ -6,11 +6,14 @@
 //!   connections that keep the GIL while any connection has work.
 //! - [`ClassicWorker`]: a stock Python RPyC client (issue 6), on an OS thread of its own,
 //!   speaking RPyC's own protocol (brine values, netrefs both ways, callbacks into the client).
+//! - [`BlobBuffers`]: a blob frame's blobs, read straight into the `bytes` objects a call
+//!   gets.
 //! - `objects`, `convert`, `exception`: the object table, `Value` ↔ Python conversion, and
 //!   `PyErr` → [`RemoteException`](rpyc_protocol::RemoteException).
 //!
 //! Its public surface is plain Rust: `Py<T>` and `PyErr` never leave this module.
 
+mod blob;
 mod classic;
 mod convert;
 mod exception;
@@ -19,6 +22,7 @@ mod objects;
 mod pool;
 mod worker;
 
+pub use blob::{BlobBuffers, Blobs};
 pub use classic::{
     ClassicOptions, ClassicWorker, ClassicWorkerGone, DEFAULT_CALLBACK_TIMEOUT, FrameSink,
 };

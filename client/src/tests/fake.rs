@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rpyc_protocol::handshake::{self, GREETING_LEN, MAGIC};
 use rpyc_protocol::{
@@ -289,6 +290,44 @@ impl Conn {
     }
 }
 
+/// The message of `frame`, reading its blobs (if any) into buffers of their own first.
+async fn read_message(
+    framed: &mut Framed<TcpStream, codec::FrameCodec>,
+    frame: codec::Frame,
+) -> Option<Message> {
+    if frame.blobs.is_empty() {
+        return Some(codec::decode(&frame.payload).expect("the client sent a malformed frame"));
+    }
+    let mut bufs: Vec<BytesMut> = frame
+        .blobs
+        .iter()
+        .map(|blob| BytesMut::with_capacity(blob.len))
+        .collect();
+    let mut slices: Vec<_> = bufs
+        .iter_mut()
+        .zip(&frame.blobs)
+        .map(|(buf, blob)| &mut buf.spare_capacity_mut()[..blob.len])
+        .collect();
+    let mut buffered = framed.read_buffer_mut().split();
+    codec::read_blobs(&mut buffered, framed.get_mut(), &mut slices)
+        .await
+        .ok()?;
+    *framed.read_buffer_mut() = buffered;
+    let placed = bufs
+        .into_iter()
+        .zip(&frame.blobs)
+        .map(|(mut buf, blob)| {
+            // SAFETY: read_blobs filled the first `blob.len` bytes.
+            unsafe { buf.set_len(blob.len) };
+            (blob.position, buf.freeze())
+        })
+        .collect();
+    Some(
+        codec::decode_blobs(&frame.payload.freeze(), placed)
+            .expect("the client sent a malformed blob frame"),
+    )
+}
+
 async fn serve(mut stream: TcpStream, behave: Behave, seen: mpsc::UnboundedSender<Message>) {
     let mut theirs = [0u8; GREETING_LEN];
     if stream.read_exact(&mut theirs).await.is_err() {
@@ -310,7 +349,10 @@ async fn serve(mut stream: TcpStream, behave: Behave, seen: mpsc::UnboundedSende
     {
         return;
     }
-    let mut framed = Framed::new(stream, codec::framing(codec::DEFAULT_MAX_FRAME_BYTES));
+    let mut framed = Framed::new(
+        stream,
+        codec::framing(codec::DEFAULT_MAX_FRAME_BYTES).accepting_blobs(),
+    );
     let first = match &behave {
         Behave::Refuse(reason) => Message::Goodbye {
             reason: reason.clone(),
@@ -334,7 +376,10 @@ async fn serve(mut stream: TcpStream, behave: Behave, seen: mpsc::UnboundedSende
     loop {
         let message = tokio::select! {
             frame = framed.next() => match frame {
-                Some(Ok(frame)) => codec::decode(&frame).expect("the client sent a malformed frame"),
+                Some(Ok(frame)) => match read_message(&mut framed, frame).await {
+                    Some(message) => message,
+                    None => return,
+                },
                 _ => return,
             },
             Some(out) = later_rx.recv() => {

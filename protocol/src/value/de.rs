@@ -398,16 +398,44 @@ impl<'de> Deserialize<'de> for ComplexField {
 
 thread_local! {
     /// The buffer whose contents are being deserialized on this thread, if it is shared.
-    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    static SOURCE: RefCell<Option<Source>> = const { RefCell::new(None) };
+}
+
+/// What [`SharedSource`] marks: the buffer, and a blob frame's blobs not yet placed.
+struct Source {
+    bytes: Bytes,
+    /// Blobs with their positions in `bytes`, in order; `next` is the first not yet placed.
+    blobs: Vec<(usize, Bytes)>,
+    next: usize,
 }
 
 /// Marks `Bytes` as the buffer being deserialized on this thread, for as long as it lives, so
 /// that large byte strings decoded from it share its memory.
-pub(crate) struct SharedSource(Option<Bytes>);
+pub(crate) struct SharedSource(Option<Source>);
 
 impl SharedSource {
     pub(crate) fn enter(source: &Bytes) -> SharedSource {
-        SharedSource(SOURCE.with(|s| s.replace(Some(source.clone()))))
+        Self::enter_with_blobs(source, Vec::new())
+    }
+
+    /// [`enter`](Self::enter) for a blob frame's head: the empty byte string whose data starts
+    /// at a blob's position (in order) is that blob.
+    pub(crate) fn enter_with_blobs(source: &Bytes, blobs: Vec<(usize, Bytes)>) -> SharedSource {
+        let source = Source {
+            bytes: source.clone(),
+            blobs,
+            next: 0,
+        };
+        SharedSource(SOURCE.with(|s| s.replace(Some(source))))
+    }
+
+    /// The position of the first blob not placed so far, if any.
+    pub(crate) fn unplaced(&self) -> Option<usize> {
+        SOURCE.with(|s| {
+            s.borrow()
+                .as_ref()
+                .and_then(|source| source.blobs.get(source.next).map(|(at, _)| *at))
+        })
     }
 }
 
@@ -420,15 +448,28 @@ impl Drop for SharedSource {
 
 /// `bytes` as a slice of the shared source when it lies inside it and is large (or is the whole
 /// source), otherwise as a copy: a small value kept for long then does not pin a large frame.
+/// An empty byte string at the position of the next blob of a blob frame is that blob.
 fn share_or_copy(v: &[u8]) -> Bytes {
-    SOURCE.with(|s| match &*s.borrow() {
-        Some(source) if v.len() >= SHARE_MIN_BYTES || v.len() == source.len() => {
+    SOURCE.with(|s| match &mut *s.borrow_mut() {
+        Some(source) if v.is_empty() => {
+            let at = (v.as_ptr() as usize).wrapping_sub(source.bytes.as_ptr() as usize);
+            match source.blobs.get(source.next) {
+                Some((position, blob)) if *position == at => {
+                    source.next += 1;
+                    blob.clone()
+                }
+                _ => Bytes::new(),
+            }
+        }
+        Some(Source { bytes: source, .. })
+            if v.len() >= SHARE_MIN_BYTES || v.len() == source.len() =>
+        {
             let (start, end) = (
                 source.as_ptr() as usize,
                 source.as_ptr() as usize + source.len(),
             );
             let at = v.as_ptr() as usize;
-            if at >= start && at + v.len() <= end && !v.is_empty() {
+            if at >= start && at + v.len() <= end {
                 source.slice_ref(v)
             } else {
                 Bytes::copy_from_slice(v)

@@ -388,10 +388,10 @@ struct Conv {
 
 /// The contents of a Python `bytes` object, readable without the GIL: `bytes` are immutable,
 /// and the reference held keeps the buffer alive.
-struct PyBytesView {
-    _owner: Py<PyAny>,
-    data: *const u8,
-    len: usize,
+pub(super) struct PyBytesView {
+    pub(super) owner: Py<PyAny>,
+    pub(super) data: *const u8,
+    pub(super) len: usize,
 }
 
 // SAFETY: the view only reads an immutable buffer that its owner reference keeps alive;
@@ -402,14 +402,14 @@ unsafe impl Sync for PyBytesView {}
 
 impl PyBytesView {
     /// Whether `bytes` is this object's buffer (the slice the serializer was given).
-    fn is(&self, bytes: &[u8]) -> bool {
+    pub(super) fn is(&self, bytes: &[u8]) -> bool {
         std::ptr::eq(self.data, bytes.as_ptr()) && self.len == bytes.len()
     }
 }
 
 impl AsRef<[u8]> for PyBytesView {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `data` and `len` are those of the `bytes` object `_owner` keeps alive, whose
+        // SAFETY: `data` and `len` are those of the `bytes` object `owner` keeps alive, whose
         // contents never change.
         unsafe { std::slice::from_raw_parts(self.data, self.len) }
     }
@@ -676,7 +676,7 @@ impl Serialize for Out<'_, '_> {
                 // A large `bytes` object (or subclass) may be sent from its own buffer.
                 if b.len() >= rpyc_protocol::codec::SHARE_MIN_BYTES {
                     *self.conv.offered.borrow_mut() = Some(PyBytesView {
-                        _owner: self.obj.clone().unbind(),
+                        owner: self.obj.clone().unbind(),
                         data: b.as_ptr(),
                         len: b.len(),
                     });
@@ -843,7 +843,11 @@ pub(super) fn from_value<'py>(
         Value::Float(f) => PyFloat::new(py, *f).into_any(),
         Value::Complex { re, im } => PyComplex::from_doubles(py, *re, *im).into_any(),
         Value::Str(s) => PyString::new(py, s).into_any(),
-        Value::Bytes(b) => new_bytes(py, b)?.into_any(),
+        // A blob of the request is handed over as the object it was read into.
+        Value::Bytes(b) => match super::blob::object_for(py, b) {
+            Some(obj) => obj,
+            None => new_bytes(py, b)?.into_any(),
+        },
         Value::Tuple(items) => PyTuple::new(py, seq(items)?)?.into_any(),
         Value::List(items) => PyList::new(py, seq(items)?)?.into_any(),
         Value::Set(items) => PySet::new(py, seq(items)?)?.into_any(),

@@ -27,6 +27,7 @@ use rpyc_protocol::{
     Args, CompareOp, Message, NetRefId, Op, RequestId, ReturnMode, ServerError, Value,
 };
 
+use super::blob::Blobs;
 use super::convert::{
     ConvertError, EncodeFailure, Reply, encode_reply, from_value, panic_message, to_value,
 };
@@ -76,6 +77,8 @@ enum Command {
     Run {
         id: RequestId,
         op: Op,
+        /// The `bytes` objects of the request's blobs, if it came in a blob frame.
+        blobs: Blobs,
         span: tracing::Span,
     },
     Release(Vec<NetRefId>),
@@ -248,11 +251,16 @@ impl Worker {
         }
     }
 
-    /// Queues a request; its reply goes to the [`ReplySink`].
-    pub fn submit(&self, id: RequestId, op: Op) {
+    /// Queues a request (with the blobs it came with); its reply goes to the [`ReplySink`].
+    pub fn submit(&self, id: RequestId, op: Op, blobs: Blobs) {
         let span = tracing::debug_span!("request", conn = self.conn.shared.conn_id, id = id.0);
         self.conn.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.conn.push(Command::Run { id, op, span });
+        self.conn.push(Command::Run {
+            id,
+            op,
+            blobs,
+            span,
+        });
     }
 
     /// Requests submitted and not answered yet.
@@ -441,8 +449,14 @@ impl ConnState {
             Command::Release(ids) => self.table.release(py, &ids),
             // Handled by the caller, which owns the state.
             Command::Close => {}
-            Command::Run { id, op, span } => {
+            Command::Run {
+                id,
+                op,
+                blobs,
+                span,
+            } => {
                 let _entered = span.enter();
+                let _blobs = blobs.scope();
                 if lock(&self.shared.cancelled).remove(&id) {
                     reply.send(&Message::Response {
                         id,
