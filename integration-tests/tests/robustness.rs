@@ -11,7 +11,7 @@ use rpyc_protocol::handshake::{GREETING_LEN, MAGIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Raw, assert_healthy, connect};
+use crate::support::{Raw, assert_healthy, client_frame, connect};
 
 #[tokio::test]
 async fn malformed_payloads_get_an_error_and_the_connection_lives_on() -> anyhow::Result<()> {
@@ -110,6 +110,141 @@ async fn large_frames_that_are_damaged_or_cut_off_do_no_harm() -> anyhow::Result
     assert_healthy(&server).await?;
     drop(cut);
     drop(announced);
+    assert_healthy(&server).await
+}
+
+/// Blob frames (a request's byte strings of a megabyte or more sent after it, read straight
+/// into `bytes` objects): a blob out of place gets an error reply and the connection goes on;
+/// a damaged table, a frame above the limit, and blobs cut off or never sent close only that
+/// connection.
+#[tokio::test]
+async fn blob_frames_that_are_damaged_or_cut_off_do_no_harm() -> anyhow::Result<()> {
+    let server = TestServer::builder()
+        .arg("--max-frame-bytes")
+        .arg((8u32 << 20).to_string())
+        .start()?;
+    let bystander = connect(&server).await?;
+    // The raw connection's own reference to a function that checks what it was given.
+    let mut raw = Raw::connect(&server).await?;
+    raw.send(&Message::Request {
+        id: RequestId(1),
+        op: Op::Eval {
+            expr: "lambda xs: [(type(x).__name__, len(x), x.count(0x5a)) for x in xs]".into(),
+            mode: rpyc_client::ReturnMode::Ref,
+        },
+    })
+    .await?;
+    let check = match raw.recv().await? {
+        Message::Response {
+            id: RequestId(1),
+            result: Ok(rpyc_client::Value::Ref(r)),
+        } => r.id,
+        other => anyhow::bail!("expected a reference, got {other:?}"),
+    };
+    let request = |id: u64, sizes: &[usize]| Message::Request {
+        id: RequestId(id),
+        op: Op::Call {
+            obj: check,
+            args: rpyc_client::protocol::Args {
+                positional: vec![rpyc_client::Value::List(
+                    sizes
+                        .iter()
+                        .map(|&n| rpyc_client::Value::bytes(vec![0x5a_u8; n]))
+                        .collect(),
+                )],
+                keyword: vec![],
+            },
+            mode: rpyc_client::ReturnMode::Value,
+        },
+    };
+    let wire = client_frame(&request(5, &[1 << 20, 10, 2 << 20]))?;
+    let prefix = u32::from_be_bytes(wire[..4].try_into()?);
+    assert_ne!(
+        prefix & rpyc_protocol::codec::BLOB_FRAME_FLAG,
+        0,
+        "a blob frame"
+    );
+    let table = 4 + (prefix & !rpyc_protocol::codec::BLOB_FRAME_FLAG) as usize;
+    let edit = |at: usize, bytes: &[u8]| {
+        let mut w = wire.clone();
+        w[at..at + bytes.len()].copy_from_slice(bytes);
+        w
+    };
+
+    // The first blob's position moved onto the list's tag: not where a byte string is. The
+    // frame was read whole, so the connection goes on after an error reply.
+    raw.send_raw(&edit(table + 4, &3u32.to_be_bytes())).await?;
+    match raw.recv().await? {
+        Message::Response {
+            id: RequestId(5),
+            result: Err(ServerError::InvalidRequest(why)),
+        } => assert!(why.contains("blob"), "{why}"),
+        other => anyhow::bail!("expected an invalid-request reply, got {other:?}"),
+    }
+    // The same frame undamaged: answered, with every byte string intact.
+    let answer = |n: i64| {
+        rpyc_client::Value::Tuple(vec![
+            rpyc_client::Value::Str("bytes".into()),
+            rpyc_client::Value::Int(n),
+            rpyc_client::Value::Int(n),
+        ])
+    };
+    let want = rpyc_client::Value::List(vec![answer(1 << 20), answer(10), answer(2 << 20)]);
+    raw.send_raw(&wire).await?;
+    match raw.recv().await? {
+        Message::Response {
+            id: RequestId(5),
+            result: Ok(got),
+        } => assert_eq!(got, want),
+        other => anyhow::bail!("expected the byte strings' lengths, got {other:?}"),
+    }
+
+    // Damaged tables and oversized frames close that connection only.
+    let cases = [
+        ("no blobs", edit(table, &0u32.to_be_bytes())),
+        ("too many blobs", edit(table, &100_000u32.to_be_bytes())),
+        ("out of order", edit(table + 16, &1u32.to_be_bytes())),
+        ("past the head", edit(table + 4, &u32::MAX.to_be_bytes())),
+        (
+            "above the limit",
+            edit(table + 8, &(9u64 << 20).to_be_bytes()),
+        ),
+    ];
+    for (what, frame) in cases {
+        let mut raw = Raw::connect(&server).await?;
+        raw.send_raw(&frame).await?;
+        raw.expect_closed().await.map_err(|e| e.context(what))?;
+    }
+    // Blobs cut off halfway, then gone; announced and never sent, then gone; and one that
+    // stays connected mid-blob while others work.
+    let mut cut = Raw::connect(&server).await?;
+    cut.send_raw(&wire[..wire.len() - (1 << 20)]).await?;
+    let mut announced = Raw::connect(&server).await?;
+    announced.send_raw(&wire[..table + 4 + 2 * 12]).await?;
+    let mut stalled = Raw::connect(&server).await?;
+    stalled.send_raw(&wire[..wire.len() - 1]).await?;
+    assert_eq!(bystander.eval::<i64>("1+1").await?, 2);
+    assert_healthy(&server).await?;
+    drop(cut);
+    drop(announced);
+    assert!(
+        server.wait_for_log("middle of a blob", Duration::from_secs(5)),
+        "{}",
+        server.stderr()
+    );
+    // The last byte arrives: the stalled request is answered after all. (The stalled
+    // connection's reference is unknown there: each connection has its own.)
+    stalled.send_raw(&wire[wire.len() - 1..]).await?;
+    assert!(matches!(
+        stalled.recv().await?,
+        Message::Response {
+            id: RequestId(5),
+            result: Err(ServerError::UnknownReference(_)),
+        }
+    ));
+    // And the first connection still works.
+    raw.send_raw(&wire).await?;
+    assert!(matches!(raw.recv().await?, Message::Response { result: Ok(got), .. } if got == want));
     assert_healthy(&server).await
 }
 

@@ -40,6 +40,29 @@ pub(crate) async fn assert_healthy(server: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `message` as the client writes it: a blob frame if it holds byte strings of a megabyte or
+/// more, with the blobs spliced in after it.
+pub(crate) fn client_frame(message: &Message) -> anyhow::Result<Vec<u8>> {
+    let mut dst = BytesMut::new();
+    let mut shared = Vec::new();
+    codec::encode_frame_shared(
+        message,
+        codec::DEFAULT_MAX_FRAME_BYTES,
+        true,
+        &mut dst,
+        &mut shared,
+    )?;
+    let mut wire = Vec::new();
+    let mut pos = 0;
+    for (at, bytes) in shared {
+        wire.extend_from_slice(&dst[pos..at]);
+        wire.extend_from_slice(&bytes);
+        pos = at;
+    }
+    wire.extend_from_slice(&dst[pos..]);
+    Ok(wire)
+}
+
 /// A raw connection that has done the greeting, for tests that send hand-made frames.
 pub(crate) struct Raw {
     pub(crate) read: FramedRead<OwnedReadHalf, codec::FrameCodec>,
@@ -75,6 +98,12 @@ impl Raw {
         let len = u32::try_from(payload.len())?;
         self.write.write_all(&len.to_be_bytes()).await?;
         self.write.write_all(payload).await?;
+        Ok(())
+    }
+
+    /// Sends raw bytes, a hand-made (or damaged) frame.
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.write.write_all(bytes).await?;
         Ok(())
     }
 

@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bytes::Bytes;
 use rpyc_client::Value;
 use rpyc_integration_tests::TestServer;
 use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
 
 use crate::support::connect;
 
@@ -159,6 +161,79 @@ async fn variables_persist_per_connection_and_are_isolated() -> anyhow::Result<(
     assert_eq!(a.eval::<i64>("add(8)").await?, 50);
     assert_eq!(a.eval::<String>("__name__").await?, "__main__");
     Ok(())
+}
+
+/// Byte strings of a megabyte or more travel as blobs and the call gets the `bytes` object
+/// each was read into: objects the code keeps stay intact after the request, after further
+/// uploads, and after the connection that sent them is gone.
+#[tokio::test]
+async fn uploaded_blobs_kept_by_python_stay_intact() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    conn.execute(
+        "import hashlib, sys\n\
+         kept = []\n\
+         def keep(*args, **kwargs):\n\
+         \x20   kept.extend(args)\n\
+         \x20   kept.extend(kwargs.values())\n\
+         \x20   return [type(x) is bytes for x in args + tuple(kwargs.values())]\n\
+         def sums():\n\
+         \x20   return [(len(x), hashlib.sha256(x).hexdigest()) for x in kept]",
+    )
+    .await?;
+    let keep = conn.eval_object("keep").await?;
+    let blob = |n: usize, seed: u8| -> Bytes {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add((i >> 12) as u8))
+            .collect()
+    };
+    let same = blob(1 << 20, 3);
+    let args = [same.clone(), blob((2 << 20) + 1, 5), same.clone()];
+    let got: Vec<bool> = keep
+        .call_with_as(
+            args.iter().cloned().map(Value::Bytes).collect::<Vec<_>>(),
+            vec![("k".to_owned(), Value::Bytes(blob(1 << 21, 7)))],
+        )
+        .await?;
+    assert_eq!(got, [true; 4], "exactly bytes");
+    // The same `Bytes` twice is two blobs: two objects.
+    assert!(!conn.eval::<bool>("kept[0] is kept[2]").await?);
+    // Churn: more uploads of the same sizes, not kept.
+    let len = conn.builtins().await?.getattr("len").await?;
+    for i in 0..4u8 {
+        let n: usize = len.call_as((Value::Bytes(blob(1 << 20, 11 + i)),)).await?;
+        assert_eq!(n, 1 << 20);
+    }
+    let want: Vec<(usize, String)> = args
+        .iter()
+        .chain([&blob(1 << 21, 7)])
+        .map(|b| (b.len(), sha256_hex(b)))
+        .collect();
+    assert_eq!(conn.eval::<Vec<(usize, String)>>("sums()").await?, want);
+    // Kept past the connection's end: a module-level list in another connection's view.
+    conn.execute(
+        "import types\n\
+         sys.modules['kept_blobs'] = types.ModuleType('kept_blobs')\n\
+         sys.modules['kept_blobs'].kept = kept",
+    )
+    .await?;
+    conn.close().await;
+    let other = connect(&server).await?;
+    let again: Vec<(usize, String)> = other
+        .eval(
+            "[(len(x), __import__('hashlib').sha256(x).hexdigest()) \
+             for x in __import__('kept_blobs').kept]",
+        )
+        .await?;
+    assert_eq!(again, want);
+    Ok(())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Byte strings around the sizes where the wire stops copying them (64 KiB: shared with the
