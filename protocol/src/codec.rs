@@ -6,6 +6,11 @@
 //! frame's payload into a [`Message`]; a bad payload is an error for that frame only, and the
 //! connection can go on.
 //!
+//! A client's request with byte strings of a megabyte or more goes as a blob frame: the message
+//! first, the byte strings after it, so the server can read each straight into memory of its
+//! own (see [`blob`] for the layout). [`encode_frame_shared`] writes them,
+//! [`FrameCodec::accepting_blobs`], [`read_blobs`] and [`decode_blobs`] read them.
+//!
 //! The encoding is bincode 2 (serde API, standard configuration). Everything that knows about
 //! bincode lives in this file, so a change of encoding touches one place.
 
@@ -16,7 +21,7 @@ use serde::Serialize;
 use serde::ser::{SerializeStructVariant, Serializer};
 use tokio_util::codec::{Decoder, Encoder};
 
-mod blob;
+pub mod blob;
 mod typed;
 
 pub use blob::{
