@@ -19,7 +19,7 @@ pub struct BlobBuffers {
 }
 
 /// A request's blobs, filled: each is the `bytes` object that the `Value::Bytes` sharing its
-/// memory stands for (see [`Blobs::scope`]).
+/// memory stands for: the call gets the object itself.
 #[derive(Default)]
 pub struct Blobs(Vec<Arc<PyBytesView>>);
 
