@@ -192,10 +192,14 @@ async fn uploaded_blobs_kept_by_python_stay_intact() -> anyhow::Result<()> {
     let got: Vec<bool> = keep
         .call_with_as(
             args.iter().cloned().map(Value::Bytes).collect::<Vec<_>>(),
-            vec![("k".to_owned(), Value::Bytes(blob(1 << 21, 7)))],
+            vec![
+                ("k".to_owned(), Value::Bytes(blob(1 << 21, 7))),
+                // Large enough that its memory is populated while it is read.
+                ("l".to_owned(), Value::Bytes(blob((9 << 20) + 3, 13))),
+            ],
         )
         .await?;
-    assert_eq!(got, [true; 4], "exactly bytes");
+    assert_eq!(got, [true; 5], "exactly bytes");
     // The same `Bytes` twice is two blobs: two objects.
     assert!(!conn.eval::<bool>("kept[0] is kept[2]").await?);
     // Churn: more uploads of the same sizes, not kept.
@@ -206,7 +210,7 @@ async fn uploaded_blobs_kept_by_python_stay_intact() -> anyhow::Result<()> {
     }
     let want: Vec<(usize, String)> = args
         .iter()
-        .chain([&blob(1 << 21, 7)])
+        .chain([&blob(1 << 21, 7), &blob((9 << 20) + 3, 13)])
         .map(|b| (b.len(), sha256_hex(b)))
         .collect();
     assert_eq!(conn.eval::<Vec<(usize, String)>>("sums()").await?, want);

@@ -309,6 +309,10 @@ async fn serve_native(
     outcome
 }
 
+/// Blob frames at least this large have their memory populated by another thread while the
+/// reader fills it (see [`BlobBuffers::populate_in_background`]).
+const POPULATE_MIN_BYTES: usize = 8 << 20;
+
 /// Reads the blobs of a blob `frame` into `bytes` objects and decodes the frame with them.
 /// Returns the frame's head (for an error reply's request id), the message, and the blobs
 /// for the worker.
@@ -322,8 +326,13 @@ async fn read_blobs(
         .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
     // What the frame reader has buffered past the head comes first; the rest is read straight
     // from the socket, and whatever follows the blobs goes back to the frame reader.
+    let populating = (frame.size() >= POPULATE_MIN_BYTES).then(|| buffers.populate_in_background());
     let mut buffered = frames.read_buffer_mut().split();
-    codec::read_blobs(&mut buffered, frames.get_mut(), &mut buffers.buffers()).await?;
+    let read = codec::read_blobs(&mut buffered, frames.get_mut(), &mut buffers.buffers()).await;
+    if let Some(populating) = populating {
+        populating.finish().await;
+    }
+    read?;
     *frames.read_buffer_mut() = buffered;
     // SAFETY: `read_blobs` returned Ok, so it filled every buffer.
     let (bytes, blobs) = unsafe { buffers.filled() };

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use pyo3::ffi;
@@ -15,7 +16,7 @@ use super::convert::PyBytesView;
 /// `bytes` objects allocated for a blob frame's blobs, not filled yet. Nothing but this value
 /// refers to them, so their contents may be written.
 pub struct BlobBuffers {
-    views: Vec<PyBytesView>,
+    views: Vec<Arc<PyBytesView>>,
 }
 
 /// A request's blobs, filled: each is the `bytes` object that the `Value::Bytes` sharing its
@@ -62,9 +63,35 @@ impl BlobBuffers {
                     len,
                 }
             };
-            views.push(view);
+            views.push(Arc::new(view));
         }
         Ok(BlobBuffers { views })
+    }
+
+    /// Has the kernel back the buffers with memory from their end backwards, on a blocking
+    /// thread, while the caller fills them from the start (see
+    /// `rpyc_protocol::memory::populate_backwards`): on a machine with a spare core, the
+    /// zeroing of fresh pages then leaves the reader's path. Worth it only for large blobs.
+    pub fn populate_in_background(&self) -> Populating {
+        let stop = Arc::new(AtomicBool::new(false));
+        let views = self.views.clone();
+        let handle = tokio::task::spawn_blocking({
+            let stop = Arc::clone(&stop);
+            move || {
+                for view in views.iter().rev() {
+                    // SAFETY: `views` keeps every object, and so its buffer, alive until this
+                    // returns.
+                    unsafe {
+                        rpyc_protocol::memory::populate_backwards(
+                            view.data.cast_mut(),
+                            view.len,
+                            &stop,
+                        );
+                    }
+                }
+            }
+        });
+        Populating { stop, handle }
     }
 
     /// The objects' buffers, to read the blobs into.
@@ -90,7 +117,7 @@ impl BlobBuffers {
     /// # Safety
     /// Every buffer of [`buffers`](Self::buffers) must have been written in full.
     pub unsafe fn filled(self) -> (Vec<Bytes>, Blobs) {
-        let views: Vec<Arc<PyBytesView>> = self.views.into_iter().map(Arc::new).collect();
+        let views = self.views;
         let bytes = views
             .iter()
             .map(|view| Bytes::from_owner(SharedView(Arc::clone(view))))
@@ -110,6 +137,27 @@ impl std::fmt::Debug for Blobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let lens: Vec<usize> = self.0.iter().map(|view| view.len).collect();
         f.debug_tuple("Blobs").field(&lens).finish()
+    }
+}
+
+/// See [`BlobBuffers::populate_in_background`]; stops it when dropped.
+#[derive(Debug)]
+pub struct Populating {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Populating {
+    /// Stops populating and waits until the thread has let go of the buffers' memory.
+    pub async fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = (&mut self.handle).await;
+    }
+}
+
+impl Drop for Populating {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
