@@ -100,3 +100,42 @@ async fn idle_connections_cost_no_thread() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// After a lone request of a client calling in a loop, an executor thread polls for the next
+/// one for `--spin-us` before sleeping: calls stay right with polling long or off, and once the
+/// client stops, the server stops spending CPU time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn polling_for_the_next_call_stops_when_the_client_does() -> anyhow::Result<()> {
+    /// User plus system CPU time of a process so far, in clock ticks.
+    fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| anyhow::anyhow!("odd /proc stat: {stat}"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    }
+    for spin in ["20000", "0"] {
+        let server = TestServer::builder().arg("--spin-us").arg(spin).start()?;
+        let conn = connect(&server).await?;
+        for i in 0..300i64 {
+            assert_eq!(conn.eval::<i64>(&format!("{i} * 2")).await?, i * 2);
+        }
+        // Idle from here on: the last poll ends 20 ms after the last call at most.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = cpu_ticks(server.pid())?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let spent = cpu_ticks(server.pid())? - before;
+        // Clock ticks are 10 ms on Linux; a thread left polling would spend about 100.
+        assert!(
+            spent <= 10,
+            "--spin-us {spin}: {spent} ticks of CPU in 1 s idle"
+        );
+        assert_eq!(conn.eval::<i64>("21 * 2").await?, 42);
+    }
+    Ok(())
+}

@@ -42,6 +42,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     config.token = token;
     // Python starts on the main thread, before any other thread exists.
     let info = python::init(&python::PythonConfig::with_venv(cli.venv.clone()))?;
+    python::set_spin(std::time::Duration::from_micros(cli.spin_us));
     config.python_version = info.full_version.clone();
     tracing::debug!(prefix = %info.prefix, "embedded Python ready");
 

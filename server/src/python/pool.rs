@@ -17,8 +17,19 @@
 //! them. So one connection's long call delays another connection's request by at most about
 //! `STUCK_AFTER`, plus the interpreter's switch interval when the long call holds the GIL.
 //! Threads beyond [`MIN_IDLE_THREADS`] that stay idle for [`IDLE_EXIT_AFTER`] exit.
+//!
+//! Waking a sleeping thread costs a futex wake and, on a virtual machine whose other CPU is
+//! halted, tens of microseconds before it runs: more than `eval('1+1')` itself. So a thread that
+//! has just run a lone request (one request, then nothing queued) of the same connection as the
+//! lone request before (a client calling in a loop, each call waiting for the last) first polls
+//! for the next one for a while ([`set_spin`], `--spin-us`; 100 µs by default), yielding its
+//! CPU to any other runnable thread meanwhile, and only then sleeps. At most one thread polls at
+//! a time, and none after a burst of work (pipelined requests) or after lone requests of
+//! different connections (several clients): there the readers need the CPUs, and a polling
+//! thread makes its CPU look busy, so woken threads crowd onto the others.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +43,22 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(1);
 const MIN_IDLE_THREADS: usize = 1;
 /// An idle thread above the minimum exits after this long without work.
 const IDLE_EXIT_AFTER: Duration = Duration::from_secs(10);
+/// How long an idle thread polls for the next request after a lone one, in microseconds.
+static SPIN_MICROS: AtomicU64 = AtomicU64::new(DEFAULT_SPIN.as_micros() as u64);
+/// The default of [`set_spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+/// The length of the ready queue, readable without the lock (for the polling thread).
+static READY: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how long an idle executor thread polls for the next request after running a lone one
+/// (see the module documentation); zero turns polling off.
+pub fn set_spin(spin: Duration) {
+    SPIN_MICROS.store(
+        u64::try_from(spin.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
 /// Most executor threads at once (each stuck call holds one).
 const MAX_THREADS: usize = 4096;
 /// Stack of an executor thread: what CPython's main thread usually gets, so deep recursion ends
@@ -58,9 +85,16 @@ struct State {
     wakeups: usize,
     /// Threads started and not yet looking for work.
     starting: usize,
+    /// Threads polling for work before they sleep (at most one).
+    polling: usize,
 }
 
 impl State {
+    /// Records a change of the ready queue for the polling thread.
+    fn ready_changed(&self) {
+        READY.store(self.ready.len(), Ordering::Release);
+    }
+
     /// Whether some busy thread is still making progress (it will take the next ready task
     /// soon, so waking another would only fight it for the GIL).
     fn has_progressing_thread(&self, now: Instant) -> bool {
@@ -105,6 +139,7 @@ pub(super) fn schedule(task: Arc<dyn Runnable>) {
     let pool = pool();
     let mut state = lock(&pool.state);
     state.ready.push_back(task);
+    state.ready_changed();
     if !state.has_progressing_thread(Instant::now()) {
         wake_one(pool, &mut state);
     } else {
@@ -114,8 +149,8 @@ pub(super) fn schedule(task: Arc<dyn Runnable>) {
 
 /// Wakes an idle thread for the ready queue, or starts one.
 fn wake_one(pool: &'static Pool, state: &mut State) {
-    if state.wakeups > 0 || state.starting > 0 {
-        // Help is already on its way.
+    if state.wakeups > 0 || state.starting > 0 || state.polling > 0 {
+        // Help is already on its way (a polling thread sees the queue without a wake-up).
     } else if state.idle > 0 {
         state.wakeups += 1;
         pool.work.notify_one();
@@ -139,19 +174,33 @@ fn wake_one(pool: &'static Pool, state: &mut State) {
     }
 }
 
-/// Takes the next ready task, waiting (without the GIL) while there is none. `None` means this
-/// thread should exit.
-fn next_task(py: Python<'_>, slot: &mut Option<usize>) -> Option<Arc<dyn Runnable>> {
+/// Takes the next ready task, waiting (without the GIL) while there is none, after polling for
+/// one first if `poll` (see the module documentation). `None` means this thread should exit.
+fn next_task(py: Python<'_>, slot: &mut Option<usize>, poll: bool) -> Option<Arc<dyn Runnable>> {
     let pool = pool();
     let mut state = lock(&pool.state);
     if let Some(s) = slot.take() {
         state.busy[s] = None;
     }
     if state.ready.is_empty() {
+        let spin = Duration::from_micros(SPIN_MICROS.load(Ordering::Relaxed));
+        let poll = poll && !spin.is_zero() && state.polling == 0;
+        if poll {
+            state.polling += 1;
+        }
         drop(state);
         // Wait without the GIL, so the other threads can run Python meanwhile.
         let found = py.detach(|| {
+            if poll {
+                let until = Instant::now() + spin;
+                while READY.load(Ordering::Acquire) == 0 && Instant::now() < until {
+                    std::thread::yield_now();
+                }
+            }
             let mut state = lock(&pool.state);
+            if poll {
+                state.polling -= 1;
+            }
             state.idle += 1;
             let idle_since = Instant::now();
             let found = loop {
@@ -186,6 +235,7 @@ fn next_task(py: Python<'_>, slot: &mut Option<usize>) -> Option<Arc<dyn Runnabl
         state = lock(&pool.state);
     }
     let task = state.ready.pop_front()?;
+    state.ready_changed();
     let s = match state.busy.iter().position(Option::is_none) {
         Some(s) => s,
         None => {
@@ -211,11 +261,32 @@ fn executor() {
         }
         lock(&pool().state).starting -= 1;
         let mut slot = None;
-        while let Some(task) = next_task(py, &mut slot) {
+        // Units of work run since this thread last found the queue empty, the task of the
+        // first, and the task of the last such stretch that was a lone unit.
+        let (mut ran, mut first, mut last_lone) = (0usize, 0usize, 0usize);
+        loop {
+            let will_wait = READY.load(Ordering::Acquire) == 0;
+            // Poll after a lone unit of the same task as the last lone one: one client calling
+            // in a loop. Lone units of different tasks are several clients, whose readers and
+            // threads need the CPUs more than this thread needs a quick wake-up.
+            let lone = (will_wait && ran == 1).then_some(first);
+            let poll = lone.is_some_and(|task| task == last_lone);
+            if will_wait {
+                last_lone = lone.unwrap_or(0);
+            }
+            let Some(task) = next_task(py, &mut slot, poll) else {
+                break;
+            };
+            if will_wait {
+                ran = 0;
+                first = Arc::as_ptr(&task).cast::<()>() as usize;
+            }
+            ran += 1;
             if task.run_next(py) {
                 let pool = pool();
                 let mut state = lock(&pool.state);
                 state.ready.push_back(task);
+                state.ready_changed();
             }
         }
         super::worker::unregister_thread(py);
