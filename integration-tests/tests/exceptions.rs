@@ -66,6 +66,47 @@ async fn remote_exception_carries_type_message_and_traceback() -> anyhow::Result
     Ok(())
 }
 
+/// The traceback text is what Python's `traceback.format_exception` prints for the same
+/// exception: plain raises in client code, chained exceptions, library frames with source lines
+/// (and, on 3.11+, column markers), empty messages, exception classes of the client's own.
+#[tokio::test]
+async fn traceback_text_is_what_python_prints() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let conn = connect(&server).await?;
+    conn.execute(
+        "import json, traceback\n\
+         class Mine(Exception):\n\
+         \x20   pass\n\
+         def boom(kind):\n\
+         \x20   if kind == 0: return 1 / 0\n\
+         \x20   if kind == 1:\n\
+         \x20       try: {}['k']\n\
+         \x20       except KeyError as k: raise ValueError('v') from k\n\
+         \x20   if kind == 2:\n\
+         \x20       try: [][1]\n\
+         \x20       except IndexError: raise Mine('during')\n\
+         \x20   if kind == 3: return json.loads('{bad')\n\
+         \x20   if kind == 4: raise KeyError()\n\
+         \x20   if kind == 5: raise Mine()\n\
+         \x20   if kind == 6: return int('x')\n\
+         def expected(kind):\n\
+         \x20   try:\n\
+         \x20       boom(kind)\n\
+         \x20   except Exception as e:\n\
+         \x20       return ''.join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))",
+    )
+    .await?;
+    let boom = conn.eval_object("boom").await?;
+    let expected = conn.eval_object("expected").await?;
+    for kind in 0..7i64 {
+        let err = boom.call((kind,)).await.expect_err("raises");
+        let exc = err.remote_exception().expect("a remote exception");
+        let want: String = expected.call_as((kind,)).await?;
+        assert_eq!(exc.traceback, want, "kind {kind}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn system_exit_and_keyboard_interrupt_are_errors_not_exits() -> anyhow::Result<()> {
     let server = TestServer::start()?;

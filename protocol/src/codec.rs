@@ -813,14 +813,7 @@ mod tests {
         let want = frame(&message);
         let mut dst = BytesMut::from(&b"earlier frames"[..]);
         let mut shared = vec![(3, Bytes::from_static(b"kept"))];
-        encode_frame_shared(
-            &message,
-            DEFAULT_MAX_FRAME_BYTES,
-            false,
-            &mut dst,
-            &mut shared,
-        )
-        .expect("encodes");
+        encode_shared(&message, &mut dst, &mut shared).expect("encodes");
         assert_eq!(&dst[..14], b"earlier frames");
         assert_eq!(shared[0], (3, Bytes::from_static(b"kept")), "left alone");
         let new = &shared[1..];
@@ -861,14 +854,7 @@ mod tests {
         assert!(large.is_empty());
         let mut dst = BytesMut::new();
         let mut shared = Vec::new();
-        encode_frame_shared(
-            &message,
-            DEFAULT_MAX_FRAME_BYTES,
-            false,
-            &mut dst,
-            &mut shared,
-        )
-        .expect("encodes");
+        encode_shared(&message, &mut dst, &mut shared).expect("encodes");
         assert!(shared.is_empty());
         assert_eq!(dst, frame(&message));
         for message in [
@@ -878,14 +864,7 @@ mod tests {
             },
         ] {
             let mut dst = BytesMut::new();
-            encode_frame_shared(
-                &message,
-                DEFAULT_MAX_FRAME_BYTES,
-                false,
-                &mut dst,
-                &mut shared,
-            )
-            .expect("encodes");
+            encode_shared(&message, &mut dst, &mut shared).expect("encodes");
             assert!(shared.is_empty());
             assert_eq!(dst, frame(&message));
         }
@@ -932,13 +911,7 @@ mod tests {
         let fails = Fails(Value::Bytes(big.clone()));
         let mut shared = Vec::new();
         let mut dst = BytesMut::new();
-        let result = encode_frame_shared(
-            &fails,
-            DEFAULT_MAX_FRAME_BYTES,
-            false,
-            &mut dst,
-            &mut shared,
-        );
+        let result = encode_shared(&fails, &mut dst, &mut shared);
         assert!(result.is_err());
         assert!(dst.is_empty());
         assert!(
@@ -947,6 +920,15 @@ mod tests {
         );
         drop(fails);
         assert!(big.is_unique(), "no offer is left in the slot");
+    }
+
+    /// [`encode_frame_shared`] without blobs, at the default limit.
+    fn encode_shared<T: Serialize + ?Sized>(
+        message: &T,
+        dst: &mut BytesMut,
+        shared: &mut Vec<(usize, Bytes)>,
+    ) -> Result<(), ProtocolError> {
+        encode_frame_shared(message, DEFAULT_MAX_FRAME_BYTES, false, dst, shared)
     }
 
     fn codec_payload(message: &Message) -> Bytes {

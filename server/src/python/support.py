@@ -3,6 +3,7 @@
 Loaded once at start-up by ``init.rs``; the Rust worker threads call into it.
 """
 
+import linecache
 import sys
 import threading
 import time
@@ -61,11 +62,39 @@ def reset_wakeup():
         wakeup.clear()
 
 
-def format_exception(exc, tb):
-    """The traceback text of exc as Python prints it (tb: its traceback, or None)."""
+def format_exception(exc, tb, message=None):
+    """The traceback text of exc as Python prints it (tb: its traceback, or None; message:
+    str(exc) if already known)."""
     if tb is not None:
         exc.__traceback__ = tb
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = exc.__traceback__
+    cls = type(exc)
+    chained = exc.__cause__ is not None or (
+        exc.__context__ is not None and not exc.__suppress_context__
+    )
+    if (
+        message is None
+        or chained
+        or issubclass(cls, (SyntaxError, BaseExceptionGroup))
+        or getattr(exc, "__notes__", None) is not None
+    ):
+        return "".join(traceback.format_exception(cls, exc, tb))
+    # The plain case, with no source lines to show (code sent by clients): the same text as
+    # traceback.format_exception, about three times faster (it builds a TracebackException
+    # twice over). Where a frame has a source line, CPython also marks columns under it: that
+    # case takes the full route.
+    lines = ["Traceback (most recent call last):\n"] if tb is not None else []
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        if linecache.getline(code.co_filename, lineno, frame.f_globals):
+            return "".join(traceback.format_exception(cls, exc, tb))
+        lines.append('  File "%s", line %s, in %s\n' % (code.co_filename, lineno, code.co_name))
+    module = cls.__module__
+    name = cls.__qualname__
+    if module not in ("__main__", "builtins"):
+        name = (module if isinstance(module, str) else "<unknown>") + "." + name
+    lines.append("%s: %s\n" % (name, message) if message else "%s\n" % name)
+    return "".join(lines)
 
 
 def qualified_name(cls):
@@ -90,9 +119,16 @@ def describe_exception(exc, tb):
     """(qualified type name, str(exc), traceback text, MRO names) in one call."""
     try:
         message = str(exc)
+        known = message
     except Exception:
         message = "<exception str() failed>"
-    return (qualified_name(type(exc)), message, format_exception(exc, tb), exception_mro(exc))
+        known = None
+    return (
+        qualified_name(type(exc)),
+        message,
+        format_exception(exc, tb, known),
+        exception_mro(exc),
+    )
 
 
 def configure_stdio():
