@@ -15,11 +15,54 @@ const MSG: usize = 16;
 /// Size of one write in the bulk measurement.
 const CHUNK: usize = 1 << 20;
 
+/// Where the two ends of a floor measurement run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Placement {
+    /// Wherever the scheduler puts them (or all on CPU 0 when the bench is pinned).
+    Free,
+    /// The client end on the first CPU, the echo end on the second.
+    Cpus(usize, usize),
+}
+
 /// 16-byte ping-pong over one connection with `TCP_NODELAY`: round-trip times.
-pub(crate) fn ping_pong(iters: usize, warmup: usize, budget: Duration) -> anyhow::Result<Figure> {
+///
+/// On an idle machine the scheduler may put both ends on one CPU (an echo then costs a few
+/// context switches) or on two (a cross-CPU wake-up each way, several times dearer on a
+/// virtual machine), and which one varies from run to run; [`Placement::Cpus`] fixes it.
+pub(crate) fn ping_pong(
+    iters: usize,
+    warmup: usize,
+    budget: Duration,
+    placement: Placement,
+) -> anyhow::Result<Figure> {
+    let (client_cpu, echo_cpu) = match placement {
+        Placement::Free => (None, None),
+        Placement::Cpus(a, b) => (Some(a), Some(b)),
+    };
+    // Both ends on threads of their own, so pinning them leaves the main thread alone.
+    thread::spawn(move || {
+        if let Some(cpu) = client_cpu {
+            crate::procs::pin_current_thread(cpu)?;
+        }
+        ping_pong_client(iters, warmup, budget, echo_cpu)
+    })
+    .join()
+    .ok()
+    .context("ping-pong thread panicked")?
+}
+
+fn ping_pong_client(
+    iters: usize,
+    warmup: usize,
+    budget: Duration,
+    echo_cpu: Option<usize>,
+) -> anyhow::Result<Figure> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let echo = thread::spawn(move || -> std::io::Result<()> {
+    let echo = thread::spawn(move || -> anyhow::Result<()> {
+        if let Some(cpu) = echo_cpu {
+            crate::procs::pin_current_thread(cpu)?;
+        }
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
         let mut buf = [0u8; MSG];

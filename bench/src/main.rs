@@ -133,7 +133,13 @@ struct MemRow {
 /// The loopback floor.
 #[derive(Debug, Serialize)]
 struct Floors {
+    /// The round trip the small-call targets are held to: both ends on CPU 0 in a pinned run;
+    /// unpinned (with two CPUs or more), on two CPUs, as a client and a server busy at once
+    /// usually are.
     rtt: Figure,
+    /// Unpinned runs: the same with both ends on one CPU, for reference (our client and server
+    /// may share a CPU too, and then beat `rtt`).
+    rtt_one_cpu: Option<Figure>,
     connect_echo: Figure,
     bulk: Figure,
 }
@@ -186,8 +192,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("rpyc-bench: loopback floor");
     let q = cli.quick;
     let budget = settings.budget;
+    let rtt_iters = if q { 10_000 } else { 100_000 };
+    let across = !cli.pin && cpus >= 2;
     let floors = Floors {
-        rtt: floor::ping_pong(if q { 10_000 } else { 100_000 }, 2000, budget)?,
+        rtt: floor::ping_pong(
+            rtt_iters,
+            2000,
+            budget,
+            if across {
+                floor::Placement::Cpus(0, 1)
+            } else {
+                floor::Placement::Free
+            },
+        )?,
+        rtt_one_cpu: if across {
+            Some(floor::ping_pong(
+                rtt_iters,
+                2000,
+                budget,
+                floor::Placement::Cpus(0, 0),
+            )?)
+        } else {
+            None
+        },
         connect_echo: floor::connect_echo(if q { 300 } else { 2000 }, budget)?,
         bulk: floor::bulk(256 * MIB as usize, if q { 2 } else { 5 }, budget)?,
     };
@@ -508,9 +535,13 @@ fn print_report(r: &Report) {
     );
     println!();
     let fig_cells = |f: &Figure| vec![time_text(f.median_ns), time_text(f.p99_ns), f.rate_text()];
-    let floor_rows = vec![
+    let mut floor_rows = vec![
         [
-            vec!["TCP ping-pong 16 B, TCP_NODELAY (RTT)".to_owned()],
+            vec![if r.floors.rtt_one_cpu.is_some() {
+                "TCP ping-pong 16 B, TCP_NODELAY, across CPUs (RTT)".to_owned()
+            } else {
+                "TCP ping-pong 16 B, TCP_NODELAY (RTT)".to_owned()
+            }],
             fig_cells(&r.floors.rtt),
         ]
         .concat(),
@@ -525,6 +556,16 @@ fn print_report(r: &Report) {
         ]
         .concat(),
     ];
+    if let Some(one) = &r.floors.rtt_one_cpu {
+        floor_rows.insert(
+            1,
+            [
+                vec!["TCP ping-pong 16 B, TCP_NODELAY, one CPU".to_owned()],
+                fig_cells(one),
+            ]
+            .concat(),
+        );
+    }
     print_table(&["loopback floor", "median", "p99", "rate"], &floor_rows);
     println!();
     let dash = || "-".to_owned();

@@ -461,12 +461,18 @@ pub(crate) fn reset_hwm(pid: u32) -> bool {
 
 /// Pins this process (and so every thread and child started later) to CPU 0.
 pub(crate) fn pin_to_cpu0() -> anyhow::Result<()> {
+    pin_current_thread(0)
+}
+
+/// Pins the calling thread (and threads it starts later) to CPU `cpu`; on the main thread
+/// before any other exists, that is the whole process.
+pub(crate) fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
     // SAFETY: `set` is a plain bitmask initialised by CPU_ZERO before use, and its size is
-    // passed along with it.
+    // passed along with it; pid 0 is the calling thread.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
