@@ -139,3 +139,34 @@ async fn polling_for_the_next_call_stops_when_the_client_does() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A request that arrives while another connection's call has only just started (so that call
+/// still counts as making progress) must not wait for it: the watchdog notices the call is
+/// stuck a millisecond later and wakes another thread. Repeated, so the request lands in that
+/// first millisecond in some rounds whatever the timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_behind_a_long_call_does_not_wait_for_it() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let slow = connect(&server).await?;
+    let fast = connect(&server).await?;
+    slow.execute("import time").await?;
+    for round in 0..20u64 {
+        let long = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.execute("time.sleep(0.3)").await })
+        };
+        tokio::time::sleep(Duration::from_micros(round * 100)).await;
+        let started = Instant::now();
+        assert_eq!(
+            fast.eval::<i64>(&format!("{round} + 1")).await?,
+            round as i64 + 1
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(150),
+            "round {round}: a request behind a long call took {took:?}"
+        );
+        long.await??;
+    }
+    Ok(())
+}

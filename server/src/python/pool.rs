@@ -87,9 +87,19 @@ struct State {
     starting: usize,
     /// Threads polling for work before they sleep (at most one).
     polling: usize,
+    /// The watchdog is checking every tick (or has been asked to): it needs no wake-up.
+    watching: bool,
 }
 
 impl State {
+    /// Has the watchdog check every tick while work waits, waking it only if it sleeps.
+    fn watch(&mut self, pool: &Pool) {
+        if !self.watching {
+            self.watching = true;
+            pool.watch.notify_one();
+        }
+    }
+
     /// Records a change of the ready queue for the polling thread.
     fn ready_changed(&self) {
         READY.store(self.ready.len(), Ordering::Release);
@@ -143,7 +153,7 @@ pub(super) fn schedule(task: Arc<dyn Runnable>) {
     if !state.has_progressing_thread(Instant::now()) {
         wake_one(pool, &mut state);
     } else {
-        pool.watch.notify_one();
+        state.watch(pool);
     }
 }
 
@@ -247,7 +257,7 @@ fn next_task(py: Python<'_>, slot: &mut Option<usize>, poll: bool) -> Option<Arc
     *slot = Some(s);
     if !state.ready.is_empty() {
         // More waits behind this task: let the watchdog keep an eye on it.
-        pool.watch.notify_one();
+        state.watch(pool);
     }
     Some(task)
 }
@@ -307,6 +317,9 @@ fn watchdog() {
         } else {
             Duration::from_secs(3600)
         };
+        // Ticking, nobody needs to wake it; asleep, the next task queued behind a busy thread
+        // does (set and waited on under the same lock, so no wake-up is lost).
+        state.watching = waiting;
         state = match pool.watch.wait_timeout(state, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
