@@ -170,3 +170,82 @@ async fn a_request_right_behind_a_long_call_does_not_wait_for_it() -> anyhow::Re
     }
     Ok(())
 }
+
+/// Replies of pipelined requests go out batched, but a reply never waits for the requests
+/// queued behind it: here a quick request and a slow one arrive in one write, and the quick
+/// one's reply comes long before the slow one ends. Then many quick ones, all answered, in
+/// order.
+#[tokio::test]
+async fn a_reply_does_not_wait_for_the_requests_queued_behind_it() -> anyhow::Result<()> {
+    use rpyc_client::{Op, ReturnMode, Value};
+    use rpyc_protocol::{Message, RequestId, codec};
+
+    let server = TestServer::start()?;
+    let mut raw = crate::support::Raw::connect(&server).await?;
+    let eval = |id: u64, expr: &str| Message::Request {
+        id: RequestId(id),
+        op: Op::Eval {
+            expr: expr.to_owned(),
+            mode: ReturnMode::Value,
+        },
+    };
+    let mut both = bytes::BytesMut::new();
+    for message in [
+        eval(1, "40 + 2"),
+        eval(2, "__import__('time').sleep(0.5) or 7"),
+    ] {
+        codec::encode_frame(&message, codec::DEFAULT_MAX_FRAME_BYTES, &mut both)?;
+    }
+    let started = Instant::now();
+    raw.send_raw(&both).await?;
+    let first = raw.recv().await?;
+    let quick = started.elapsed();
+    assert!(
+        matches!(
+            &first,
+            Message::Response {
+                id: RequestId(1),
+                result: Ok(Value::Int(42))
+            }
+        ),
+        "{first:?}"
+    );
+    assert!(
+        quick < Duration::from_millis(250),
+        "the quick reply took {quick:?}"
+    );
+    let second = raw.recv().await?;
+    assert!(
+        matches!(
+            &second,
+            Message::Response {
+                id: RequestId(2),
+                result: Ok(Value::Int(7))
+            }
+        ),
+        "{second:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    let mut many = bytes::BytesMut::new();
+    for i in 0..500u64 {
+        codec::encode_frame(
+            &eval(100 + i, &format!("{i} * 3")),
+            codec::DEFAULT_MAX_FRAME_BYTES,
+            &mut many,
+        )?;
+    }
+    raw.send_raw(&many).await?;
+    for i in 0..500u64 {
+        match raw.recv().await? {
+            Message::Response {
+                id,
+                result: Ok(Value::Int(v)),
+            } => {
+                assert_eq!((id, v), (RequestId(100 + i), i as i64 * 3));
+            }
+            other => anyhow::bail!("reply {i}: {other:?}"),
+        }
+    }
+    Ok(())
+}

@@ -157,6 +157,29 @@ impl Outbox {
         }
     }
 
+    /// Encodes frames in place like [`send_with`](Self::send_with), but leaves them for the
+    /// writer task, which writes everything queued by then with one system call: for replies
+    /// with more requests of the connection queued behind them (pipelining), where a write
+    /// each costs more than the wake-up of the writer once per batch.
+    pub(crate) fn send_later_with(
+        &self,
+        encode: impl FnOnce(&mut BytesMut, &mut SharedList, usize),
+    ) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        let mut shared = Vec::new();
+        encode(state.queue.buffer_mut(), &mut shared, self.max_frame_bytes);
+        for (at, bytes) in shared {
+            state.queue.push_shared(at, Piece(bytes));
+        }
+        if !state.parked && !state.queue.is_empty() {
+            state.parked = true;
+            self.parked.notify_one();
+        }
+    }
+
     /// Writes an already encoded frame now (or leaves it for the writer task), like
     /// [`send`](Self::send); stock-RPyC connections encode their own frames (issue 6).
     pub(crate) fn send_frame(&self, frame: &[u8]) {
@@ -371,6 +394,10 @@ impl ReplySink for Outbox {
 
     fn send_with(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize)) {
         Outbox::send_with(self, encode);
+    }
+
+    fn send_with_more_queued(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize)) {
+        Outbox::send_later_with(self, encode);
     }
 }
 

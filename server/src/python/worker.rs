@@ -62,6 +62,12 @@ pub trait ReplySink: Send + Sync + 'static {
     /// failure it leaves both as they were. The sink holds its lock meanwhile, so frames keep
     /// their order. Not called once the connection is closed.
     fn send_with(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize));
+
+    /// [`send_with`](Self::send_with) for a reply with more of the connection's requests
+    /// queued behind it: it may be left for a batched write rather than written at once.
+    fn send_with_more_queued(&self, encode: &mut dyn FnMut(&mut BytesMut, &mut SharedList, usize)) {
+        self.send_with(encode);
+    }
 }
 
 /// Largest iteration batch a client may ask for.
@@ -153,13 +159,14 @@ impl pool::Runnable for Conn {
                 return false;
             }
             match queue.commands.pop_front() {
-                Some(cmd) => cmd,
+                Some(cmd) => (cmd, !queue.commands.is_empty()),
                 None => {
                     queue.scheduled = false;
                     return false;
                 }
             }
         };
+        let (cmd, more_queued) = cmd;
         {
             let mut state = lock(&self.state);
             if matches!(cmd, Command::Close) {
@@ -183,7 +190,7 @@ impl pool::Runnable for Conn {
                     }
                 }
                 match state.as_mut() {
-                    Some(conn) => conn.handle(py, cmd, &*self.sink),
+                    Some(conn) => conn.handle(py, cmd, &*self.sink, more_queued),
                     None => {
                         if let Command::Run { id, .. } = cmd {
                             self.sink.send(&Message::Response {
@@ -444,7 +451,8 @@ impl ConnState {
         self.namespace.bind(py).clear();
     }
 
-    fn handle(&mut self, py: Python<'_>, cmd: Command, reply: &dyn ReplySink) {
+    /// Runs one command; `more_queued`: more of the connection's commands wait behind it.
+    fn handle(&mut self, py: Python<'_>, cmd: Command, reply: &dyn ReplySink, more_queued: bool) {
         match cmd {
             Command::Release(ids) => self.table.release(py, &ids),
             // Handled by the caller, which owns the state.
@@ -481,7 +489,7 @@ impl ConnState {
                 } else {
                     result
                 };
-                self.reply(py, id, result, reply);
+                self.reply(py, id, result, reply, more_queued);
                 self.shared.finished();
             }
         }
@@ -496,15 +504,23 @@ impl ConnState {
         id: RequestId,
         result: Result<Reply<'_>, ServerError>,
         sink: &dyn ReplySink,
+        more_queued: bool,
     ) {
         let reply = match result {
             Ok(Reply::Value(value)) => Ok(value),
             Err(e) => Err(e),
             Ok(reply) => {
                 let mut outcome = Ok(());
-                sink.send_with(&mut |buf, shared, max| {
+                let mut encode = |buf: &mut BytesMut, shared: &mut SharedList, max| {
                     outcome = encode_reply(py, id, &reply, &mut self.table, max, buf, shared);
-                });
+                };
+                // With more requests queued behind this one (pipelining), replies go out
+                // batched.
+                if more_queued {
+                    sink.send_with_more_queued(&mut encode);
+                } else {
+                    sink.send_with(&mut encode);
+                }
                 match outcome {
                     Ok(()) => return,
                     Err(EncodeFailure::Py(e)) => Err(self.error(py, e)),
