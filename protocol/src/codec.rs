@@ -344,15 +344,7 @@ fn encode_frame_inner<'s, T: Serialize + ?Sized>(
     let start = dst.len();
     let max = max_frame_bytes.min(MAX_FRAME_BYTES_LIMIT);
     dst.put_u32(0);
-    let mut writer = FrameWriter {
-        dst,
-        size: 0,
-        max,
-        share,
-        blob,
-        table: Vec::new(),
-        blob_bytes: 0,
-    };
+    let mut writer = FrameWriter::new(dst, max, share, blob);
     let written = bincode::serde::encode_into_writer(value, &mut writer, config());
     let (head, total, table) = (writer.size, writer.total(), writer.table);
     if let Err(e) = written {
@@ -472,6 +464,8 @@ struct FrameWriter<'a, 's> {
     /// Bytes of the payload (of a blob frame, its head).
     size: usize,
     max: usize,
+    /// The limit, less what a blob frame's table and blobs take so far.
+    room: usize,
     share: Option<ShareFn<'s>>,
     blob: Option<BlobFn<'s>>,
     /// The blobs taken so far.
@@ -479,44 +473,64 @@ struct FrameWriter<'a, 's> {
     blob_bytes: usize,
 }
 
-impl FrameWriter<'_, '_> {
+impl<'a, 's> FrameWriter<'a, 's> {
+    fn new(
+        dst: &'a mut BytesMut,
+        max: usize,
+        share: Option<ShareFn<'s>>,
+        blob: Option<BlobFn<'s>>,
+    ) -> Self {
+        FrameWriter {
+            dst,
+            size: 0,
+            max,
+            room: max,
+            share,
+            blob,
+            table: Vec::new(),
+            blob_bytes: 0,
+        }
+    }
+
     /// The frame's size so far, prefix excluded (a blob frame's table and blobs included).
     fn total(&self) -> usize {
-        let table = if self.table.is_empty() {
+        self.size
+            .saturating_add(self.table_bytes())
+            .saturating_add(self.blob_bytes)
+    }
+
+    fn table_bytes(&self) -> usize {
+        if self.table.is_empty() {
             0
         } else {
             blob::COUNT_BYTES + self.table.len() * blob::ENTRY_BYTES
-        };
-        self.size
-            .saturating_add(table)
-            .saturating_add(self.blob_bytes)
+        }
     }
-}
 
-impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        if bytes.is_empty() {
-            if let Some(blob) = &mut self.blob
-                && let Some(len) = blob(bytes)
-            {
-                self.table.push(BlobSpec {
-                    position: self.size,
-                    len,
-                });
-                self.blob_bytes = self.blob_bytes.saturating_add(len);
-            }
-            return Ok(());
+    /// An empty byte string: a blob, if `blob` takes it.
+    #[cold]
+    fn write_empty(&mut self, bytes: &[u8]) {
+        if let Some(blob) = &mut self.blob
+            && let Some(len) = blob(bytes)
+        {
+            self.table.push(BlobSpec {
+                position: self.size,
+                len,
+            });
+            self.blob_bytes = self.blob_bytes.saturating_add(len);
+            self.room = self
+                .max
+                .saturating_sub(self.table_bytes().saturating_add(self.blob_bytes));
         }
-        self.size = self.size.saturating_add(bytes.len());
-        if self.total() > self.max {
-            return Ok(());
-        }
-        if bytes.len() >= SHARE_MIN_BYTES
-            && let Some(share) = &mut self.share
+    }
+
+    /// A byte string large enough to be shared, or to need a buffer of its own.
+    #[cold]
+    fn write_large(&mut self, bytes: &[u8]) {
+        if let Some(share) = &mut self.share
             && share(bytes, self.dst.len())
         {
-            return Ok(());
+            return;
         }
         if bytes.len() >= crate::memory::LARGE_BUFFER_BYTES
             && self.dst.capacity() - self.dst.len() < bytes.len()
@@ -528,6 +542,28 @@ impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
             *self.dst = grown;
         }
         self.dst.extend_from_slice(bytes);
+    }
+}
+
+impl bincode::enc::write::Writer for FrameWriter<'_, '_> {
+    /// Called for every piece of the payload, most of them a few bytes (a variant index, a
+    /// varint): the common case is one comparison and a copy.
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        let n = bytes.len();
+        if n == 0 {
+            self.write_empty(bytes);
+            return Ok(());
+        }
+        self.size = self.size.saturating_add(n);
+        if self.size > self.room {
+            return Ok(());
+        }
+        if n >= SHARE_MIN_BYTES {
+            self.write_large(bytes);
+        } else {
+            self.dst.extend_from_slice(bytes);
+        }
         Ok(())
     }
 }
