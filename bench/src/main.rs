@@ -119,6 +119,20 @@ struct Row {
     met: Option<bool>,
 }
 
+/// A small-call workload driven by the stock Python client against both servers (issue 6
+/// made ours serve it).
+#[derive(Debug, Serialize)]
+struct PyClientRow {
+    id: String,
+    label: String,
+    /// Against our server.
+    ours: Figure,
+    /// Against stock `rpyc_classic.py`.
+    stock: Figure,
+    /// Time per op against ours divided by against stock: below 1, ours is faster.
+    ours_over_stock: f64,
+}
+
 /// One memory figure, kB.
 #[derive(Debug, Serialize)]
 struct MemRow {
@@ -155,6 +169,8 @@ struct Report {
     server_binary: String,
     floors: Floors,
     rows: Vec<Row>,
+    /// The stock Python client against ours and against stock.
+    python_client: Vec<PyClientRow>,
     memory: Vec<MemRow>,
 }
 
@@ -286,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // 3. Single-connection workloads, ours then stock for each.
     let mut rows: Vec<Row> = Vec::new();
+    let mut python_client: Vec<PyClientRow> = Vec::new();
     let mut stock_samples: std::collections::HashMap<&str, Figure> = Default::default();
     for w in plan::workloads() {
         if !wanted(w.id) {
@@ -306,6 +323,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stock_peak = probe.finish()?;
                 let fig = Figure::new(samples, w.unit, None);
                 stock_samples.insert(w.id, fig.clone());
+                // Small calls: the same stock client against our server too.
+                if w.floor == plan::FloorRef::Rtt {
+                    let samples =
+                        stock::run(&s.paths, &s.script, ours_server.addr, &w, count, budget)?;
+                    let ours = Figure::new(samples, w.unit, None);
+                    python_client.push(PyClientRow {
+                        id: w.id.to_owned(),
+                        label: w.label.to_owned(),
+                        ours_over_stock: fig.rate / ours.rate,
+                        ours,
+                        stock: fig.clone(),
+                    });
+                }
                 Some(fig)
             }
             (Some(_), None, Some(other)) => stock_samples.get(other).cloned(),
@@ -387,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server_binary: bin.display().to_string(),
         floors,
         rows,
+        python_client,
         memory,
     };
     print_report(&report);
@@ -607,6 +638,35 @@ fn print_report(r: &Report) {
         &rows,
     );
     println!();
+    if !r.python_client.is_empty() {
+        let py_rows: Vec<Vec<String>> = r
+            .python_client
+            .iter()
+            .map(|row| {
+                [
+                    vec![row.label.clone()],
+                    fig_cells(&row.ours),
+                    fig_cells(&row.stock),
+                    vec![ratio_text(Some(row.ours_over_stock))],
+                ]
+                .concat()
+            })
+            .collect();
+        print_table(
+            &[
+                "stock Python client",
+                "→ ours median",
+                "→ ours p99",
+                "→ ours rate",
+                "→ stock median",
+                "→ stock p99",
+                "→ stock rate",
+                "ours/stock",
+            ],
+            &py_rows,
+        );
+        println!();
+    }
     let kb = |x: Option<f64>| x.map_or_else(dash, |v| format!("{} kB", stats::group(v)));
     let mem_rows: Vec<Vec<String>> = r
         .memory
