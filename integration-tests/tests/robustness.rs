@@ -212,7 +212,9 @@ async fn blob_frames_that_are_damaged_or_cut_off_do_no_harm() -> anyhow::Result<
     ];
     for (what, frame) in cases {
         let mut raw = Raw::connect(&server).await?;
-        raw.send_raw(&frame).await?;
+        // The server may close as soon as it reads the table, while the blobs are still being
+        // written: a failed write is part of the expected outcome.
+        let _ = raw.send_raw(&frame).await;
         raw.expect_closed().await.map_err(|e| e.context(what))?;
     }
     // Blobs cut off halfway, then gone; announced and never sent, then gone; and one that
