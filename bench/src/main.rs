@@ -513,7 +513,7 @@ fn apply_targets(rows: &mut [Row], floors: &Floors) {
                     .zip(r.ours_over_stock)
                     .map(|(f, s)| f <= 3.0 && s <= 0.1),
             ),
-            "eval" => (
+            "ping" | "eval" | "getattr" | "method_call" => (
                 "(check) ≤ RTT floor + 15 µs",
                 Some(ours.median_ns <= floors.rtt.median_ns + 15_000.0),
             ),
@@ -524,7 +524,8 @@ fn apply_targets(rows: &mut [Row], floors: &Floors) {
             ),
             "obtain_100k" => ("≥ 10× stock", vs_stock(0.1)),
             "iterate_10k" => ("≥ 50× stock", vs_stock(0.02)),
-            "download_16m" | "download_64m" | "upload_16m" | "upload_64m" => (
+            "download_1m" | "download_16m" | "download_64m" | "upload_1m" | "upload_16m"
+            | "upload_64m" => (
                 "(check) ≥ 65% of bulk floor",
                 r.ours_over_floor.map(|x| x <= 1.0 / 0.65),
             ),
