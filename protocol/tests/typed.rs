@@ -174,6 +174,23 @@ proptest! {
         all_types(&v);
     }
 
+    /// A `Value` converted into a `Value`, alone or inside containers, is the same value (it
+    /// is handed over whole, not rebuilt: see `Value`'s `deserialize_enum`).
+    #[test]
+    fn values_convert_into_themselves(v in value()) {
+        prop_assert_eq!(v.clone().deserialize_into::<Value>().ok(), Some(v.clone()));
+        let list = Value::List(vec![v.clone(), Value::Int(7), v.clone()]);
+        prop_assert_eq!(
+            list.deserialize_into::<Vec<Value>>().ok(),
+            Some(vec![v.clone(), Value::Int(7), v.clone()])
+        );
+        let pair = Value::Tuple(vec![Value::Str("k".into()), v.clone()]);
+        prop_assert_eq!(pair.deserialize_into::<(String, Value)>().ok(), Some(("k".to_owned(), v.clone())));
+        let dict = Value::Dict(vec![(Value::Str("a".into()), v.clone())]);
+        let got = dict.deserialize_into::<std::collections::HashMap<String, Value>>().ok();
+        prop_assert_eq!(got.and_then(|mut m| m.remove("a")), Some(v));
+    }
+
     #[test]
     fn damaged_payloads_are_errors_or_agree(v in value(), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
         let bytes = payload(Ok(v));

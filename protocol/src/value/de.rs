@@ -155,9 +155,14 @@ impl<'de> de::Deserializer<'de> for Value {
         visitor: V,
     ) -> Result<V::Value, FromValueError> {
         // Asking for a `Value` itself (`eval::<Value>`, `HashMap<String, Value>`, …) hands the
-        // value over unchanged.
+        // value over unchanged: `Value`'s own visitor takes it whole from `HANDOVER` (a list of
+        // 100,000 items is not rebuilt item by item); any other visitor reads it through
+        // `Identity` as before.
         if name == "Value" && variants == VALUE_VARIANTS {
-            return visitor.visit_enum(Identity(self));
+            let previous = HANDOVER.with(|h| h.replace(Some(self)));
+            let result = visitor.visit_enum(Handover);
+            HANDOVER.with(|h| h.set(previous));
+            return result;
         }
         match self {
             // A unit variant is a string; a variant with data is a one-entry dict
@@ -245,6 +250,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        // A `Value` being converted into a `Value` (see `deserialize_enum` of `Value`).
+        if let Some(value) = HANDOVER.with(Cell::take) {
+            return Ok(value);
+        }
         let (variant, access) = data.variant::<VariantIndex>()?;
         Ok(match variant.0 {
             0 => {
@@ -599,6 +608,30 @@ pub(crate) const VALUE_VARIANTS: &[&str] = &[
 
 /// Deserializes a [`Value`] as itself, through the derived `Deserialize` of `Value`.
 struct Identity(Value);
+
+thread_local! {
+    /// A `Value` handed to the visitor called right after it is set (see `deserialize_enum`).
+    static HANDOVER: Cell<Option<Value>> = const { Cell::new(None) };
+}
+
+/// The `EnumAccess` for a value in `HANDOVER`: `Value`'s visitor takes the value from there
+/// without using it; any other visitor reads the value as [`Identity`] would.
+struct Handover;
+
+impl<'de> EnumAccess<'de> for Handover {
+    type Error = FromValueError;
+    type Variant = Identity;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Identity), FromValueError> {
+        match HANDOVER.with(Cell::take) {
+            Some(value) => Identity(value).variant_seed(seed),
+            None => Err(de::Error::custom("a value was read twice")),
+        }
+    }
+}
 
 impl<'de> EnumAccess<'de> for Identity {
     type Error = FromValueError;
