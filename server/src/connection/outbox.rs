@@ -143,18 +143,7 @@ impl Outbox {
     /// append whole frames only, leaving both as they were if it fails; it runs under the
     /// outbox lock, so frames keep their order. Not called once the connection is closed.
     pub(crate) fn send_with(&self, encode: impl FnOnce(&mut BytesMut, &mut SharedList, usize)) {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return;
-        }
-        let mut shared = Vec::new();
-        encode(state.queue.buffer_mut(), &mut shared, self.max_frame_bytes);
-        for (at, bytes) in shared {
-            state.queue.push_shared(at, Piece(bytes));
-        }
-        if !state.parked {
-            self.flush(&mut state);
-        }
+        self.append_with(encode, true);
     }
 
     /// Encodes frames in place like [`send_with`](Self::send_with), but leaves them for the
@@ -165,6 +154,11 @@ impl Outbox {
         &self,
         encode: impl FnOnce(&mut BytesMut, &mut SharedList, usize),
     ) {
+        self.append_with(encode, false);
+    }
+
+    /// Appends frames encoded in place, then writes them now or wakes the writer task.
+    fn append_with(&self, encode: impl FnOnce(&mut BytesMut, &mut SharedList, usize), now: bool) {
         let mut state = lock(&self.state);
         if state.closed {
             return;
@@ -174,7 +168,11 @@ impl Outbox {
         for (at, bytes) in shared {
             state.queue.push_shared(at, Piece(bytes));
         }
-        if !state.parked && !state.queue.is_empty() {
+        if state.parked {
+            // The writer task is on its way and writes these too.
+        } else if now {
+            self.flush(&mut state);
+        } else if !state.queue.is_empty() {
             state.parked = true;
             self.parked.notify_one();
         }
