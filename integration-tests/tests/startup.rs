@@ -138,11 +138,22 @@ fn help_explains_every_option() -> anyhow::Result<()> {
         "--venv",
         "--max-connections",
         "--max-frame-bytes",
+        "--spin-us",
         "--log",
         "--version",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }
+    // A polling time beyond a second is refused by name, before anything starts.
+    let out = Command::new(server_binary()?)
+        .args(["--spin-us", "5000000", "--port", "0"])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains("--spin-us") && err.contains("1000000"),
+        "{err}"
+    );
     Ok(())
 }
 

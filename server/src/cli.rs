@@ -39,8 +39,13 @@ pub(crate) struct Cli {
     /// How long an idle Python thread keeps polling for the next request after answering a
     /// lone one, in microseconds (0: sleep at once). Saves a client that calls in a loop the
     /// wake-up of a sleeping thread on every call (tens of microseconds on a virtual machine),
-    /// for at most this much CPU time per call.
-    #[arg(long, value_name = "MICROS", default_value_t = rpyc_server::python::DEFAULT_SPIN.as_micros() as u64)]
+    /// for at most this much CPU time per call. At most 1000000 (one second).
+    #[arg(
+        long,
+        value_name = "MICROS",
+        default_value_t = rpyc_server::python::DEFAULT_SPIN.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=rpyc_server::python::MAX_SPIN.as_micros() as u64)
+    )]
     pub(crate) spin_us: u64,
 
     /// Log filter, e.g. `info`, `debug`, `rpyc_server=trace` (default: $RUST_LOG, else `info`).

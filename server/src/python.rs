@@ -27,5 +27,5 @@ pub use classic::{
     ClassicOptions, ClassicWorker, ClassicWorkerGone, DEFAULT_CALLBACK_TIMEOUT, FrameSink,
 };
 pub use init::{PythonConfig, PythonError, PythonInfo, init};
-pub use pool::{DEFAULT_SPIN, set_spin};
+pub use pool::{DEFAULT_SPIN, MAX_SPIN, set_spin};
 pub use worker::{ReplySink, SharedBytes, SharedList, Worker};

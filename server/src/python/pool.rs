@@ -50,11 +50,14 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 /// The length of the ready queue, readable without the lock (for the polling thread).
 static READY: AtomicUsize = AtomicUsize::new(0);
 
+/// Longest polling [`set_spin`] accepts.
+pub const MAX_SPIN: Duration = Duration::from_secs(1);
+
 /// Sets how long an idle executor thread polls for the next request after running a lone one
-/// (see the module documentation); zero turns polling off.
+/// (see the module documentation), at most [`MAX_SPIN`]; zero turns polling off.
 pub fn set_spin(spin: Duration) {
     SPIN_MICROS.store(
-        u64::try_from(spin.as_micros()).unwrap_or(u64::MAX),
+        u64::try_from(spin.min(MAX_SPIN).as_micros()).unwrap_or(0),
         Ordering::Relaxed,
     );
 }
