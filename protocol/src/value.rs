@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::netref::NetRef;
 
 pub use de::FromValueError;
-pub(crate) use de::{Nested, SharedSource, VALUE_VARIANTS, visit_big_int};
+pub(crate) use de::{Nested, SharedSource, asks_for_value, visit_big_int};
 
 /// A Python value copied across the wire, or a reference to an object that stays remote.
 ///

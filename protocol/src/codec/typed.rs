@@ -19,7 +19,7 @@ use serde::forward_to_deserialize_any;
 
 use crate::error::ProtocolError;
 use crate::message::{RequestId, ServerError};
-use crate::value::{Nested, VALUE_VARIANTS, visit_big_int};
+use crate::value::{Nested, asks_for_value, visit_big_int};
 
 /// What [`decode_response_as`] found in a response.
 #[derive(Debug)]
@@ -290,7 +290,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'_, 'de> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        if name == "Value" && variants == VALUE_VARIANTS {
+        if asks_for_value(name, variants) {
             return Err(Error::NeedsValue);
         }
         // A unit variant is a string; a variant with data is a one-entry dict

@@ -158,7 +158,7 @@ impl<'de> de::Deserializer<'de> for Value {
         // value over unchanged: `Value`'s own visitor takes it whole from `HANDOVER` (a list of
         // 100,000 items is not rebuilt item by item); any other visitor reads it through
         // `Identity` as before.
-        if name == "Value" && variants == VALUE_VARIANTS {
+        if asks_for_value(name, variants) {
             let previous = HANDOVER.with(|h| h.replace(Some(self)));
             let result = visitor.visit_enum(Handover);
             HANDOVER.with(|h| h.set(previous));
@@ -586,6 +586,12 @@ impl<'de> Visitor<'de> for Entries {
         }
         Ok(out)
     }
+}
+
+/// Whether a `deserialize_enum` call comes from `Value`'s own `Deserialize` (the target is a
+/// `Value`), which deserializers hand the value to whole rather than read field by field.
+pub(crate) fn asks_for_value(name: &str, variants: &[&str]) -> bool {
+    name == "Value" && variants == VALUE_VARIANTS
 }
 
 /// The variant names of [`Value`], as serde's derive lists them.
