@@ -182,11 +182,7 @@ async fn uploaded_blobs_kept_by_python_stay_intact() -> anyhow::Result<()> {
     )
     .await?;
     let keep = conn.eval_object("keep").await?;
-    let blob = |n: usize, seed: u8| -> Bytes {
-        (0..n)
-            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add((i >> 12) as u8))
-            .collect()
-    };
+    let blob = |n: usize, seed: u8| Bytes::from(pattern(n, seed));
     let same = blob(1 << 20, 3);
     let args = [same.clone(), blob((2 << 20) + 1, 5), same.clone()];
     let got: Vec<bool> = keep
@@ -233,6 +229,18 @@ async fn uploaded_blobs_kept_by_python_stay_intact() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` bytes that differ from one `seed` to the next (the Python side of
+/// `large_byte_strings_arrive_intact_both_ways` computes the same formula).
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 9) as u8)
+        })
+        .collect()
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -246,15 +254,6 @@ fn sha256_hex(data: &[u8]) -> String {
 async fn large_byte_strings_arrive_intact_both_ways() -> anyhow::Result<()> {
     let server = TestServer::start()?;
     let conn = connect(&server).await?;
-    let pattern = |n: usize, seed: u8| -> Vec<u8> {
-        (0..n)
-            .map(|i| {
-                (i as u8)
-                    .wrapping_mul(31)
-                    .wrapping_add(seed ^ (i >> 9) as u8)
-            })
-            .collect()
-    };
     let sizes = [65_535, 65_536, (1 << 20) - 1, 1 << 20, (3 << 20) + 17];
     let digest = conn
         .eval_object(
