@@ -88,8 +88,8 @@ struct State {
     wakeups: usize,
     /// Threads started and not yet looking for work.
     starting: usize,
-    /// Threads polling for work before they sleep (at most one).
-    polling: usize,
+    /// A thread polls for work before it sleeps (at most one does).
+    polling: bool,
     /// The watchdog is checking every tick (or has been asked to): it needs no wake-up.
     watching: bool,
 }
@@ -162,7 +162,7 @@ pub(super) fn schedule(task: Arc<dyn Runnable>) {
 
 /// Wakes an idle thread for the ready queue, or starts one.
 fn wake_one(pool: &'static Pool, state: &mut State) {
-    if state.wakeups > 0 || state.starting > 0 || state.polling > 0 {
+    if state.wakeups > 0 || state.starting > 0 || state.polling {
         // Help is already on its way (a polling thread sees the queue without a wake-up).
     } else if state.idle > 0 {
         state.wakeups += 1;
@@ -197,9 +197,9 @@ fn next_task(py: Python<'_>, slot: &mut Option<usize>, poll: bool) -> Option<Arc
     }
     if state.ready.is_empty() {
         let spin = Duration::from_micros(SPIN_MICROS.load(Ordering::Relaxed));
-        let poll = poll && !spin.is_zero() && state.polling == 0;
+        let poll = poll && !spin.is_zero() && !state.polling;
         if poll {
-            state.polling += 1;
+            state.polling = true;
         }
         drop(state);
         // Wait without the GIL, so the other threads can run Python meanwhile.
@@ -212,7 +212,7 @@ fn next_task(py: Python<'_>, slot: &mut Option<usize>, poll: bool) -> Option<Arc
             }
             let mut state = lock(&pool.state);
             if poll {
-                state.polling -= 1;
+                state.polling = false;
             }
             state.idle += 1;
             let idle_since = Instant::now();
