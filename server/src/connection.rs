@@ -324,9 +324,9 @@ async fn read_blobs(
     let mut buffers = BlobBuffers::allocate(lens)
         .await
         .map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
+    let populating = (frame.size() >= POPULATE_MIN_BYTES).then(|| buffers.populate_in_background());
     // What the frame reader has buffered past the head comes first; the rest is read straight
     // from the socket, and whatever follows the blobs goes back to the frame reader.
-    let populating = (frame.size() >= POPULATE_MIN_BYTES).then(|| buffers.populate_in_background());
     let mut buffered = frames.read_buffer_mut().split();
     let read = codec::read_blobs(&mut buffered, frames.get_mut(), &mut buffers.buffers()).await;
     if let Some(populating) = populating {

@@ -143,7 +143,8 @@ impl Conn {
 
 impl pool::Runnable for Conn {
     fn run_next(&self, py: Python<'_>) -> bool {
-        let cmd = {
+        // The command, and whether more of the connection's commands wait behind it.
+        let (cmd, more_queued) = {
             let mut queue = lock(&self.queue);
             let starts_request = matches!(queue.commands.front(), Some(Command::Run { .. }));
             if starts_request && self.closing.load(Ordering::SeqCst) {
@@ -166,7 +167,6 @@ impl pool::Runnable for Conn {
                 }
             }
         };
-        let (cmd, more_queued) = cmd;
         {
             let mut state = lock(&self.state);
             if matches!(cmd, Command::Close) {
