@@ -26,6 +26,7 @@ mod typed;
 
 pub use blob::{
     BLOB_FRAME_FLAG, BLOB_MIN_BYTES, BlobSpec, Frame, MAX_BLOBS, decode_blobs, read_blobs,
+    read_blobs_to_memory,
 };
 pub use typed::{TypedReply, decode_response_as, response_id};
 
@@ -1017,32 +1018,8 @@ mod tests {
                     continue;
                 }
             };
-            let mut bufs: Vec<BytesMut> = frame
-                .blobs
-                .iter()
-                .map(|b| crate::memory::buffer(b.len))
-                .collect();
-            let mut slices: Vec<&mut [std::mem::MaybeUninit<u8>]> = bufs
-                .iter_mut()
-                .zip(&frame.blobs)
-                .map(|(buf, spec)| &mut buf.spare_capacity_mut()[..spec.len])
-                .collect();
-            read_blobs(&mut src, &mut rest, &mut slices).await?;
-            let blobs: Vec<Bytes> = bufs
-                .into_iter()
-                .zip(&frame.blobs)
-                .map(|(mut buf, spec)| {
-                    // SAFETY: read_blobs filled the first `spec.len` bytes.
-                    unsafe { buf.set_len(spec.len) };
-                    buf.freeze()
-                })
-                .collect();
-            let placed = frame
-                .blobs
-                .iter()
-                .map(|spec| spec.position)
-                .zip(blobs.iter().cloned())
-                .collect();
+            let placed = read_blobs_to_memory(&mut src, &mut rest, &frame.blobs).await?;
+            let blobs: Vec<Bytes> = placed.iter().map(|(_, blob)| blob.clone()).collect();
             let message = decode_blobs(&frame.payload.freeze(), placed)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             out.push((message, blobs));

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rpyc_protocol::handshake::{self, GREETING_LEN, MAGIC};
 use rpyc_protocol::{
@@ -290,7 +289,7 @@ impl Conn {
     }
 }
 
-/// The message of `frame`, reading its blobs (if any) into buffers of their own first.
+/// The message of `frame`, reading its blobs (if any) into memory first.
 async fn read_message(
     framed: &mut Framed<TcpStream, codec::FrameCodec>,
     frame: codec::Frame,
@@ -298,30 +297,11 @@ async fn read_message(
     if frame.blobs.is_empty() {
         return Some(codec::decode(&frame.payload).expect("the client sent a malformed frame"));
     }
-    let mut bufs: Vec<BytesMut> = frame
-        .blobs
-        .iter()
-        .map(|blob| BytesMut::with_capacity(blob.len))
-        .collect();
-    let mut slices: Vec<_> = bufs
-        .iter_mut()
-        .zip(&frame.blobs)
-        .map(|(buf, blob)| &mut buf.spare_capacity_mut()[..blob.len])
-        .collect();
     let mut buffered = framed.read_buffer_mut().split();
-    codec::read_blobs(&mut buffered, framed.get_mut(), &mut slices)
+    let placed = codec::read_blobs_to_memory(&mut buffered, framed.get_mut(), &frame.blobs)
         .await
         .ok()?;
     *framed.read_buffer_mut() = buffered;
-    let placed = bufs
-        .into_iter()
-        .zip(&frame.blobs)
-        .map(|(mut buf, blob)| {
-            // SAFETY: read_blobs filled the first `blob.len` bytes.
-            unsafe { buf.set_len(blob.len) };
-            (blob.position, buf.freeze())
-        })
-        .collect();
     Some(
         codec::decode_blobs(&frame.payload.freeze(), placed)
             .expect("the client sent a malformed blob frame"),

@@ -156,6 +156,37 @@ pub async fn read_blobs<R: AsyncRead + Unpin + ?Sized>(
     Ok(())
 }
 
+/// [`read_blobs`] into buffers of their own ([`crate::memory::buffer`]), for a receiver that
+/// keeps blobs in plain memory: the blobs with their positions, as [`decode_blobs`] takes them.
+///
+/// # Errors
+/// As [`read_blobs`].
+pub async fn read_blobs_to_memory<R: AsyncRead + Unpin + ?Sized>(
+    buffered: &mut BytesMut,
+    stream: &mut R,
+    blobs: &[BlobSpec],
+) -> io::Result<Vec<(usize, Bytes)>> {
+    let mut bufs: Vec<BytesMut> = blobs
+        .iter()
+        .map(|blob| crate::memory::buffer(blob.len))
+        .collect();
+    let mut slices: Vec<&mut [MaybeUninit<u8>]> = bufs
+        .iter_mut()
+        .zip(blobs)
+        .map(|(buf, blob)| &mut buf.spare_capacity_mut()[..blob.len])
+        .collect();
+    read_blobs(buffered, stream, &mut slices).await?;
+    Ok(bufs
+        .into_iter()
+        .zip(blobs)
+        .map(|(mut buf, blob)| {
+            // SAFETY: `read_blobs` returned Ok, so it wrote the first `blob.len` bytes.
+            unsafe { buf.set_len(blob.len) };
+            (blob.position, buf.freeze())
+        })
+        .collect())
+}
+
 /// Decodes a blob frame: `head` is its payload, `blobs` its blobs in order, each with its
 /// position (as [`BlobSpec::position`]). Large byte strings of the head share its memory, as
 /// with [`decode_shared`](super::decode_shared), and each blob is the byte string at its
